@@ -1,0 +1,135 @@
+"""Reading safetensors files safely: header checks before any tensor is touched, then zero-copy mmap.
+
+Only safetensors are read. Pickle-based checkpoints (.ckpt/.pt/.pth/.bin) can run code when loaded,
+so they are refused by name, never opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.errors import ModelFileError
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+_MAX_HEADER = 100 * 2**20
+_DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E8M0": 1, "F4": 1}
+
+
+@dataclass
+class TensorFileInfo:
+    """What a safetensors header says: tensor names to (dtype, shape), and the string metadata."""
+
+    paths: list[Path]
+    tensors: dict[str, tuple[str, tuple[int, ...]]]
+    metadata: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, Path] = field(default_factory=dict)  # tensor name -> file holding it
+
+    @property
+    def name(self) -> str:
+        return str(self.paths[0]) if len(self.paths) == 1 else f"{self.paths[0].parent} ({len(self.paths)} files)"
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.tensors[key][1]
+
+    def nbytes(self) -> int:
+        return sum(p.stat().st_size for p in self.paths)
+
+
+def refuse_pickle(path: Path) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelFileError(path, f"'{path.suffix}' files are pickle checkpoints, which can run code when "
+                                   "opened; this app reads .safetensors only. Use the model's .safetensors file.")
+
+
+def read_header(path: str | os.PathLike) -> TensorFileInfo:
+    """Parse and validate one file's header; raise ModelFileError naming what is wrong."""
+    path = Path(path)
+    refuse_pickle(path)
+    if not path.is_file():
+        raise ModelFileError(path, "file not found")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ModelFileError(path, f"not a safetensors file (only {size} bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n > _MAX_HEADER or n + 8 > size:
+            raise ModelFileError(path, "not a safetensors file, or its header is cut off (truncated download?)")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+        assert isinstance(header, dict)
+    except (ValueError, AssertionError):
+        raise ModelFileError(path, "corrupt safetensors header (not valid JSON): the file is damaged or not "
+                                   "a safetensors file") from None
+    metadata = header.pop("__metadata__", None) or {}
+    tensors, end = _check_entries(path, header)
+    if 8 + n + end != size:
+        got, want = size, 8 + n + end
+        what = "truncated (incomplete download?)" if got < want else "longer than its header says (corrupt?)"
+        raise ModelFileError(path, f"{what}: the header needs {want:,} bytes, the file has {got:,}")
+    return TensorFileInfo([path], tensors, dict(metadata), {k: path for k in tensors})
+
+
+def _check_entries(path: Path, header: dict) -> tuple[dict, int]:
+    tensors, end = {}, 0
+    for key, entry in header.items():
+        try:
+            dtype, shape, (start, stop) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise ModelFileError(path, f"corrupt safetensors header (entry '{key}' is malformed)") from None
+        count = 1
+        for s in shape:
+            count *= s
+        if stop < start or (dtype in _DTYPE_SIZES and dtype != "F4" and stop - start != count * _DTYPE_SIZES[dtype]):
+            raise ModelFileError(path, f"corrupt safetensors header (tensor '{key}' has wrong offsets)")
+        tensors[key] = (dtype, shape)
+        end = max(end, stop)
+    return tensors, end
+
+
+def read_headers(paths: list[Path]) -> TensorFileInfo:
+    """One combined view over the shards of a model (a diffusers folder)."""
+    infos = [read_header(p) for p in paths]
+    merged = TensorFileInfo([p for i in infos for p in i.paths], {}, {})
+    for info in infos:
+        merged.tensors.update(info.tensors)
+        merged.sources.update(info.sources)
+        merged.metadata.update(info.metadata)
+    return merged
+
+
+def weight_files_in(folder: Path) -> list[Path]:
+    """The safetensors shards in a folder; refuses a folder holding only pickle weights."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles:
+            raise ModelFileError(folder, f"holds only pickle weights ({', '.join(pickles[:3])}); "
+                                         "this app reads .safetensors only")
+        raise ModelFileError(folder, "no .safetensors weights in this folder")
+    return files
+
+
+def load_tensors(info: TensorFileInfo, keys: list[str] | None = None) -> dict:
+    """Memory-mapped tensors (zero-copy: pages are read when first used, never held twice)."""
+    from safetensors import safe_open
+
+    wanted = info.tensors.keys() if keys is None else keys
+    by_file: dict[Path, list[str]] = {}
+    for key in wanted:
+        by_file.setdefault(info.sources[key], []).append(key)
+    out = {}
+    for path, names in by_file.items():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for name in names:
+                    out[name] = f.get_tensor(name)
+        except Exception as exc:  # safetensors raises its own types for damaged files
+            raise ModelFileError(path, f"cannot read tensors: {exc}") from None
+    return out

@@ -1,0 +1,129 @@
+"""GenerationSettings: the one object that travels from CLI/UI to the pipeline and into the PNG."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from dataclasses import dataclass, field
+
+from core.errors import SettingsError
+
+MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 256, 4096, 16
+MAX_STEPS = 200
+MAX_SEED = 2**63 - 1
+ASPECT_RATIOS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9", "9:21")
+
+
+@dataclass
+class GenerationSettings:
+    """Everything that decides an image. Field names follow Wan2GP's model JSONs where they overlap."""
+
+    model_type: str
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = -1  # -1: pick a random seed; the one used is written back before generating
+    num_inference_steps: int = 8
+    guidance_scale: float = 0.0
+    cfg_truncation: float = 1.0  # guidance stops once 1 - sigma passes this (1.0: never)
+    cfg_normalization: float = 0.0  # cap |guided| at k * |positive| (0: off)
+    flow_shift: float = 3.0
+    sampler: str = "euler"
+    width: int = 1024
+    height: int = 1024
+    batch_size: int = 1  # images in one pass
+    count: int = 1  # runs, with successive seeds
+    loras: list = field(default_factory=list)  # [{"name": str, "strength": float}], applied by the LoRA issue
+
+    def validate(self) -> "GenerationSettings":
+        _check_text(self.prompt, "prompt", required=True)
+        _check_text(self.negative_prompt, "negative prompt", required=False)
+        _check_int(self.num_inference_steps, "steps", 1, MAX_STEPS)
+        _check_int(self.batch_size, "batch size", 1, 16)
+        _check_int(self.count, "image count", 1, 100)
+        _check_int(self.seed, "seed", -1, MAX_SEED)
+        for side, name in ((self.width, "width"), (self.height, "height")):
+            _check_int(side, name, MIN_SIDE, MAX_SIDE)
+            if side % SIDE_MULTIPLE:
+                lo = side // SIDE_MULTIPLE * SIDE_MULTIPLE
+                raise SettingsError(f"{name} {side} is not a multiple of {SIDE_MULTIPLE} (the VAE and patch size "
+                                    f"need it): use {lo} or {lo + SIDE_MULTIPLE}")
+        _check_float(self.guidance_scale, "guidance", 0.0, 100.0)
+        _check_float(self.flow_shift, "shift", 0.01, 100.0)
+        _check_float(self.cfg_truncation, "CFG truncation", 0.0, 1.0)
+        _check_float(self.cfg_normalization, "CFG normalization", 0.0, 100.0)
+        if not isinstance(self.sampler, str) or not self.sampler:
+            raise SettingsError("sampler must be a name such as 'euler'")
+        if not isinstance(self.loras, list):
+            raise SettingsError("loras must be a list")
+        return self
+
+    def with_seed(self) -> "GenerationSettings":
+        """A copy with a concrete seed (a random one for -1)."""
+        seed = self.seed if self.seed >= 0 else random.randint(0, 2**32 - 1)
+        return dataclasses.replace(self, seed=seed)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GenerationSettings":
+        """Build from plain data (model JSON defaults, a PNG, the UI); unknown keys are an error."""
+        data = dict(data)
+        if "resolution" in data:
+            data["width"], data["height"] = parse_resolution(data.pop("resolution"))
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        if "model_type" not in data or "prompt" not in data:
+            raise SettingsError("settings need at least 'model_type' and 'prompt'")
+        return cls(**data)
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)} | {"resolution"}
+
+
+def parse_resolution(text) -> tuple[int, int]:
+    """'1024x768' -> (1024, 768)."""
+    try:
+        w, h = str(text).lower().replace(" ", "").split("x")
+        return int(w), int(h)
+    except ValueError:
+        raise SettingsError(f"resolution '{text}' is not WIDTHxHEIGHT, e.g. 1024x1024") from None
+
+
+def size_presets(megapixels: float = 1.0) -> dict[str, tuple[int, int]]:
+    """Sizes near `megapixels` for common aspect ratios, each side a multiple of 16."""
+    presets = {}
+    for ratio in ASPECT_RATIOS:
+        a, b = (int(x) for x in ratio.split(":"))
+        w = math.sqrt(megapixels * 2**20 * a / b)
+        presets[ratio] = (_round16(w), _round16(w * b / a))
+    return presets
+
+
+def _round16(x: float) -> int:
+    return max(MIN_SIDE, min(MAX_SIDE, int(round(x / SIDE_MULTIPLE)) * SIDE_MULTIPLE))
+
+
+def _check_text(value, name, required):
+    if not isinstance(value, str):
+        raise SettingsError(f"{name} must be text")
+    if required and not value.strip():
+        raise SettingsError(f"the {name} is empty: describe the image to generate")
+
+
+def _check_int(value, name, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingsError(f"{name} must be a whole number, got {value!r}")
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name} {value} is out of range ({lo} to {hi})")
+
+
+def _check_float(value, name, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise SettingsError(f"{name} must be a number, got {value!r}")
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name} {value} is out of range ({lo} to {hi})")

@@ -1,0 +1,180 @@
+"""The Z-Image family: what each architecture can do, its defaults, its files, how to load and run it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.capabilities import Capabilities
+from core.errors import ModelFileError, SettingsError, UserError
+from core.files import FileLocator, as_list, parse_ref
+from core.settings import GenerationSettings
+
+_CONTROL_V1 = ("canny", "hed", "depth", "pose", "mlsd")
+_CONTROL_V2 = _CONTROL_V1 + ("scribble", "gray", "tile")
+
+CAPABILITIES = {
+    "z_image": Capabilities(nag=True, step_range=(1, 50)),
+    "z_image_base": Capabilities(cfg=True, step_range=(1, 100)),
+    "z_image_control": Capabilities(nag=True, control_modes=_CONTROL_V1, step_range=(1, 50), available=False),
+    "z_image_control2": Capabilities(nag=True, control_modes=_CONTROL_V2, inpaint=True, step_range=(1, 50),
+                                     available=False),
+    "z_image_control2_1": Capabilities(nag=True, control_modes=_CONTROL_V2, inpaint=True, step_range=(1, 50),
+                                       available=False),
+    "z_image_twinflow_turbo": Capabilities(nag=True, unified_sampler=True, shift=False, step_range=(1, 8),
+                                           available=False),
+}
+
+DEFAULTS = {
+    "z_image": dict(num_inference_steps=8, guidance_scale=0.0, flow_shift=3.0),
+    "z_image_base": dict(num_inference_steps=30, guidance_scale=4.0, flow_shift=3.0),
+    "z_image_control": dict(num_inference_steps=9, guidance_scale=0.0, flow_shift=3.0),
+    "z_image_control2": dict(num_inference_steps=9, guidance_scale=0.0, flow_shift=3.0),
+    "z_image_control2_1": dict(num_inference_steps=8, guidance_scale=0.0, flow_shift=3.0),
+    "z_image_twinflow_turbo": dict(num_inference_steps=2, guidance_scale=0.0, flow_shift=3.0),
+}
+
+# component -> (model JSON field, required)
+COMPONENTS = {"transformer": "URLs", "text_encoder": "text_encoder_URLs", "vae": "vae_URLs",
+              "tokenizer": "tokenizer"}
+
+
+@dataclass
+class ComponentStatus:
+    component: str
+    path: Path | None  # on disk (None: to download)
+    source: str  # the reference it came from
+    size: int | None = None
+
+
+class ZImageHandler:
+    family = "z_image"
+
+    @staticmethod
+    def architectures() -> list[str]:
+        return list(CAPABILITIES)
+
+    @staticmethod
+    def capabilities(arch: str) -> Capabilities:
+        return CAPABILITIES[arch]
+
+    @staticmethod
+    def default_settings(arch: str) -> dict:
+        return dict(DEFAULTS[arch], width=1024, height=1024, sampler="euler")
+
+    @staticmethod
+    def lora_dir(args=None) -> Path:
+        return Path(getattr(args, "lora_dir_z_image", None) or "loras/z_image")
+
+    @staticmethod
+    def validate(settings: GenerationSettings, arch: str) -> None:
+        caps = CAPABILITIES[arch]
+        if settings.guidance_scale > 0 and not caps.cfg:
+            raise SettingsError(f"{arch} is distilled and runs without CFG: set guidance to 0 "
+                                "(negative prompts on such models work through NAG)")
+        if settings.sampler not in caps.samplers:
+            raise SettingsError(f"unknown sampler {settings.sampler!r} (available: {', '.join(caps.samplers)})")
+
+    @staticmethod
+    def notes(settings: GenerationSettings, arch: str) -> list[str]:
+        """Warnings about settings that will have no effect."""
+        if settings.negative_prompt and not CAPABILITIES[arch].cfg:
+            return [f"the negative prompt has no effect on {arch} in this version (it needs NAG)"]
+        return []
+
+    # ---- files -------------------------------------------------------------------------------
+
+    def file_status(self, model_def, locator: FileLocator) -> list[ComponentStatus]:
+        """Each component: where it is on disk, or what would be downloaded."""
+        found: dict[str, ComponentStatus] = {}
+        for comp, field_name in COMPONENTS.items():
+            found[comp] = self._locate(model_def, comp, field_name, locator, found)
+        return list(found.values())
+
+    def _locate(self, model_def, comp, field_name, locator, found) -> ComponentStatus:
+        refs = [parse_ref(r) for r in as_list(model_def.model.get(field_name))]
+        comfy = as_list(model_def.model.get("comfyui", {}).get(field_name))
+        path = locator.find(refs, comfy)
+        if path is not None and comp == "transformer" and (path / "model_index.json").is_file():
+            path = path / "transformer"  # a whole diffusers repo: its parts sit in subfolders
+        if path is None:
+            path = self._from_neighbours(comp, found)
+        if path is None and not refs:
+            raise UserError(f"model type {model_def.type}: no file given for its {comp} ({field_name})")
+        sizes = model_def.model.get("file_sizes", {})
+        ref = refs[0] if refs else None
+        source = str(path) if path else ref.text
+        return ComponentStatus(comp, path, source, None if path else sizes.get(ref.filename))
+
+    @staticmethod
+    def _from_neighbours(comp, found) -> Path | None:
+        """A diffusers repo's sibling folder, an all-in-one file, or the tokenizer beside the encoder."""
+        tr = found.get("transformer")
+        if tr and tr.path is not None:
+            sibling = tr.path.parent / comp
+            if tr.path.name == "transformer" and sibling.is_dir():
+                return sibling
+            if tr.path.is_file() and comp in ("text_encoder", "vae"):
+                from models.z_image.keys import components_in
+                from models.z_image.loader import open_weights
+
+                if comp in components_in(open_weights(tr.path).tensors):
+                    return tr.path
+        te = found.get("text_encoder")
+        if comp == "tokenizer" and te and te.path is not None:
+            folder = te.path if te.path.is_dir() else te.path.parent
+            if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
+                return folder
+        return None
+
+    def fetch(self, model_def, locator: FileLocator) -> dict[str, Path]:
+        """Every component's path, downloading what is missing."""
+        from models.z_image.loader import TOKENIZER_FILES
+
+        paths = {}
+        for status in self.file_status(model_def, locator):
+            if status.path is None:
+                ref = parse_ref(status.source)
+                status.path = locator.download(ref, status.size, TOKENIZER_FILES if ref.folder else ())
+            paths[status.component] = status.path
+        return paths
+
+    # ---- load and run -------------------------------------------------------------------------
+
+    def load(self, model_def, locator: FileLocator, dtype, device):
+        from models.z_image import loader
+        from models.z_image.pipeline import ZImageModel
+        from models.z_image.text import PromptEncoder
+
+        if not CAPABILITIES[model_def.architecture].available:
+            raise UserError(f"{model_def.type}: generation for the {model_def.architecture} architecture is not "
+                            "available in this version yet (its files and settings are defined)")
+        paths = self.fetch(model_def, locator)
+        transformer = loader.load_transformer(paths["transformer"], model_def.model.get("config", {}), dtype)
+        text_encoder = loader.load_text_encoder(paths["text_encoder"], dtype)
+        tokenizer = loader.load_tokenizer(paths["tokenizer"])
+        vae = loader.load_vae(paths["vae"], dtype)
+        _check_fit(paths, transformer, text_encoder, vae)
+        encoder = PromptEncoder(text_encoder.to(device), tokenizer)
+        return ZImageModel(model_def.type, transformer.to(device), encoder, vae.to(device), dtype, device,
+                           {k: str(v) for k, v in paths.items()})
+
+    @staticmethod
+    def generate(model, settings: GenerationSettings, callback=None):
+        from models.z_image.pipeline import generate
+
+        return generate(model, settings, callback)
+
+
+def _check_fit(paths, transformer, text_encoder, vae) -> None:
+    """The three parts must agree on caption width and latent channels."""
+    cap = transformer.config.cap_feat_dim
+    if text_encoder.config.hidden_size != cap:
+        raise ModelFileError(paths["text_encoder"], f"text encoder width {text_encoder.config.hidden_size} does "
+                                                    f"not match the transformer's caption width {cap}")
+    if vae.config.latent_channels != transformer.config.in_channels:
+        raise ModelFileError(paths["vae"], f"VAE has {vae.config.latent_channels} latent channels, the "
+                                           f"transformer expects {transformer.config.in_channels}")
+
+
+HANDLER = ZImageHandler()

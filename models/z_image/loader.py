@@ -1,0 +1,155 @@
+"""Loading the Z-Image components from any layout: diffusers folders, original/ComfyUI single files,
+Wan2GP files and all-in-one checkpoints. Each loader checks the header before reading any weights."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from core.errors import ModelFileError
+from core.safetensors_io import TensorFileInfo, load_tensors, read_header, read_headers, weight_files_in
+from core.weights import assign_weights, build_empty, check_shapes
+from models.z_image import keys as K
+from models.z_image.config import (infer_qwen3_config, infer_transformer_config, infer_vae_config,
+                                   metadata_config)
+
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "chat_template.jinja", "added_tokens.json"]
+
+
+def open_weights(path: Path) -> TensorFileInfo:
+    """Header of a file, or of all shards in a folder (cached per file state)."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(path, "file or folder not found")
+    stat = path.stat()
+    return _open_weights(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=16)
+def _open_weights(path: Path, _mtime: int, _size: int) -> TensorFileInfo:
+    return read_headers(weight_files_in(path)) if path.is_dir() else read_header(path)
+
+
+def folder_config(path: Path) -> dict:
+    cfg = Path(path) / "config.json" if Path(path).is_dir() else None
+    return json.loads(cfg.read_text()) if cfg and cfg.is_file() else {}
+
+
+def _not_found(info: TensorFileInfo, what: str) -> ModelFileError:
+    keys = info.tensors
+    reason = K.describe_foreign(keys)
+    if reason is None:
+        held = K.components_in(keys)
+        reason = (f"it holds a {' and a '.join(held)}, not a {what}" if held
+                  else f"no {what} tensors found (first names: {', '.join(list(keys)[:3]) or 'none'})")
+    return ModelFileError(info.name, reason)
+
+
+def _materialize(plan: dict, info: TensorFileInfo) -> dict:
+    sources = load_tensors(info, sorted({src for src, _ in plan.values()}))
+    return {name: (sources[src] if rows is None else sources[src][rows[0]:rows[1]])
+            for name, (src, rows) in plan.items()}
+
+
+def load_transformer(path: Path, overrides: dict, dtype: torch.dtype):
+    """ZImageTransformer2DModel (plus TwinFlow's `t_embedder_2` when the file has it)."""
+    from diffusers import ZImageTransformer2DModel
+    from diffusers.models.transformers.transformer_z_image import TimestepEmbedder
+
+    info = open_weights(path)
+    K.check_supported_format(info.name, info.tensors)
+    found = K.find_transformer(info.tensors)
+    if not found:
+        raise _not_found(info, "Z-Image transformer")
+    shapes_in = {k: v[1] for k, v in info.tensors.items()}
+    plan = K.transformer_plan(shapes_in, *found)
+    shapes = K.plan_shapes(plan, shapes_in)
+    base = folder_config(path) or metadata_config(info.metadata)
+    config = infer_transformer_config(info.name, shapes, base, overrides)
+
+    def factory():
+        model = ZImageTransformer2DModel(**config)
+        if "t_embedder_2.mlp.0.weight" in shapes:  # TwinFlow's second time embedder
+            mid, freq = shapes["t_embedder_2.mlp.0.weight"]
+            model.t_embedder_2 = TimestepEmbedder(shapes["t_embedder_2.mlp.2.weight"][0], mid, freq)
+        return model
+
+    model = build_empty(factory)
+    check_shapes(model, shapes, info.name, "Z-Image transformer")
+    assign_weights(model, _materialize(plan, info), dtype)
+    return model
+
+
+def load_text_encoder(path: Path, dtype: torch.dtype):
+    """Qwen3ForCausalLM; a tied output head shares the input embedding's storage."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    info = open_weights(path)
+    K.check_supported_format(info.name, info.tensors)
+    prefix = K.find_text_encoder(info.tensors)
+    if prefix is None:
+        raise _not_found(info, "Qwen3 text encoder")
+    plan = K.text_encoder_plan(info.tensors, prefix)
+    shapes = K.plan_shapes(plan, {k: v[1] for k, v in info.tensors.items()})
+    config = Qwen3Config(**infer_qwen3_config(info.name, shapes, folder_config(path)))
+    model = build_empty(lambda: Qwen3ForCausalLM(config))
+    tied = ("lm_head.weight",) if config.tie_word_embeddings else ()
+    check_shapes(model, shapes, info.name, "Qwen3 text encoder", tied=tied)
+    assign_weights(model, _materialize(plan, info), dtype, tied)
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model
+
+
+def load_vae(path: Path, dtype: torch.dtype):
+    """AutoencoderKL from diffusers names or the Flux `ae.safetensors` LDM names."""
+    from diffusers import AutoencoderKL
+
+    info = open_weights(path)
+    found = K.find_vae(info.tensors)
+    if not found:
+        raise _not_found(info, "VAE")
+    prefix, style = found
+    plan = {k[len(prefix):]: (k, None) for k in info.tensors if k.startswith(prefix)}
+    shapes = K.plan_shapes(plan, {k: v[1] for k, v in info.tensors.items()})
+    if style == "ldm":
+        shapes = {k: tuple(v.shape) for k, v in _ldm_to_diffusers(_meta(shapes)).items()}
+    config = infer_vae_config(info.name, shapes, folder_config(path))
+    model = build_empty(lambda: AutoencoderKL(**config))
+    check_shapes(model, shapes, info.name, "Flux-style 16-channel VAE")
+    tensors = _materialize(plan, info)
+    assign_weights(model, _ldm_to_diffusers(tensors) if style == "ldm" else tensors, dtype)
+    return model
+
+
+def _meta(shapes: dict) -> dict:
+    return {k: torch.empty(v, device="meta") for k, v in shapes.items()}
+
+
+def _ldm_to_diffusers(tensors: dict) -> dict:
+    """diffusers' own LDM->diffusers VAE converter; it only renames, slices and reshapes (meta-safe)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    blocks = K.count_blocks(tensors, "encoder.down")
+    types = {"down_block_types": ["DownEncoderBlock2D"] * blocks, "up_block_types": ["UpDecoderBlock2D"] * blocks}
+    return convert_ldm_vae_checkpoint(dict(tensors), types)
+
+
+def load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        raise ModelFileError(folder, "no tokenizer files here (tokenizer.json / tokenizer_config.json)")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        raise ModelFileError(folder, f"the tokenizer cannot be read: {exc}") from None
+    if not tok.chat_template or tok.pad_token_id is None:
+        raise ModelFileError(folder, "the tokenizer has no chat template or no pad token; Z-Image needs the "
+                                     "Qwen3 tokenizer")
+    return tok

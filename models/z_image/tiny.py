@@ -1,0 +1,123 @@
+"""Tiny random-weight Z-Image models for tests, benchmarks and clicking through the app offline.
+
+They have the real architecture at a toy size and draw noise, not pictures. Everything is made here,
+with no network: the transformer, a Qwen3 encoder with a 256-symbol byte tokenizer, and a 16-channel VAE.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+# A Qwen3-style chat template: enable_thinking=True (what Z-Image uses) adds no think block.
+CHAT_TEMPLATE = (
+    "{%- for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}{%- endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+
+
+def transformer_config(dim=64, n_layers=2, heads=2, cap_dim=32, refiner_layers=1) -> dict:
+    from models.z_image.config import TRANSFORMER_DEFAULTS, rope_axes
+
+    return {**TRANSFORMER_DEFAULTS, "dim": dim, "n_layers": n_layers, "n_heads": heads, "n_kv_heads": heads,
+            "n_refiner_layers": refiner_layers, "cap_feat_dim": cap_dim, "axes_dims": rope_axes(dim // heads)}
+
+
+def _randomize(module: torch.nn.Module, seed: int) -> None:
+    """Every parameter random (the real init leaves pad tokens and some gates at zero)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.5 / max(1, p.shape[-1]) ** 0.5) + ("norm" in name))
+
+
+def make_transformer(seed=0, twinflow=False, **kw):
+    from diffusers import ZImageTransformer2DModel
+    from diffusers.models.transformers.transformer_z_image import TimestepEmbedder
+
+    model = ZImageTransformer2DModel(**transformer_config(**kw))
+    if twinflow:
+        model.t_embedder_2 = TimestepEmbedder(min(model.dim, 256), mid_size=1024)
+    _randomize(model, seed)
+    return model.eval()
+
+
+def make_text_encoder(seed=1, hidden=32, layers=2, heads=2, kv_heads=1, vocab=len(SPECIALS) + 256):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         head_dim=hidden // heads, max_position_embeddings=1024, tie_word_embeddings=True,
+                         pad_token_id=256, rope_theta=1e6)
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config)
+    _randomize(model, seed)
+    model.lm_head.weight = model.model.embed_tokens.weight
+    return model.eval()
+
+
+def make_vae(seed=2, channels=(32, 32, 32, 32)):
+    from diffusers import AutoencoderKL
+
+    n = len(channels)
+    model = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=list(channels),
+                          down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
+                          layers_per_block=1, norm_num_groups=32, scaling_factor=0.3611, shift_factor=0.1159,
+                          use_quant_conv=False, use_post_quant_conv=False)
+    torch.manual_seed(seed)
+    return model.eval()
+
+
+def make_tokenizer():
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
+    vocab[SPECIALS[0]] = len(vocab)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=None, bos_token=None, eos_token="<|im_end|>",
+                         pad_token=SPECIALS[0])
+    tok.add_special_tokens({"additional_special_tokens": SPECIALS[1:]})
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def state_dict_for_file(model) -> dict:
+    """Contiguous tensors, a tied output head left out (as the real encoder files do)."""
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+        sd.pop("lm_head.weight", None)
+    return sd
+
+
+def write_test_model(folder, name: str = "z_image_tiny_test", dtype=torch.float32, **transformer_kw) -> Path:
+    """Single files with diffusers names, a tokenizer folder and a model JSON; returns the JSON's path."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = {"transformer": make_transformer(**transformer_kw), "text_encoder": make_text_encoder(),
+             "vae": make_vae()}
+    for part, model in parts.items():
+        sd = {k: v.to(dtype) for k, v in state_dict_for_file(model).items()}
+        save_file(sd, str(folder / f"{part}.safetensors"))
+    make_tokenizer().save_pretrained(str(folder / "tokenizer"))
+    model_json = {
+        "model": {
+            "name": "Tiny test model (random weights: draws noise)",
+            "architecture": "z_image",
+            "description": "A toy-sized Z-Image with random weights, for trying the app and its tests offline.",
+            "URLs": str((folder / "transformer.safetensors").resolve()),
+            "text_encoder_URLs": str((folder / "text_encoder.safetensors").resolve()),
+            "vae_URLs": str((folder / "vae.safetensors").resolve()),
+            "tokenizer": str((folder / "tokenizer").resolve()),
+        },
+        "num_inference_steps": 8, "guidance_scale": 0.0, "flow_shift": 3.0, "resolution": "256x256",
+    }
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(model_json, indent=2))
+    return path
