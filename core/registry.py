@@ -109,6 +109,9 @@ class Registry:
         target = self.types[value]
         self._resolve_reference(target, comp, chain + [value])
         model_def.model[comp] = copy.deepcopy(target.model.get(comp))
+        sizes = model_def.model.setdefault("file_sizes", {})
+        for name, size in target.model.get("file_sizes", {}).items():
+            sizes.setdefault(name, size)
 
     def get(self, model_type: str) -> ModelDef:
         if model_type not in self.types:

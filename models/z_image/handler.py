@@ -34,9 +34,9 @@ DEFAULTS = {
     "z_image_twinflow_turbo": dict(num_inference_steps=2, guidance_scale=0.0, flow_shift=3.0),
 }
 
-# component -> (model JSON field, required)
-COMPONENTS = {"transformer": "URLs", "text_encoder": "text_encoder_URLs", "vae": "vae_URLs",
-              "tokenizer": "tokenizer"}
+# component -> model JSON field ("control" only where the type has "modules")
+COMPONENTS = {"transformer": "URLs", "control": "modules", "text_encoder": "text_encoder_URLs",
+              "vae": "vae_URLs", "tokenizer": "tokenizer"}
 
 
 @dataclass
@@ -88,7 +88,8 @@ class ZImageHandler:
         """Each component: where it is on disk, or what would be downloaded."""
         found: dict[str, ComponentStatus] = {}
         for comp, field_name in COMPONENTS.items():
-            found[comp] = self._locate(model_def, comp, field_name, locator, found)
+            if comp != "control" or field_name in model_def.model:
+                found[comp] = self._locate(model_def, comp, field_name, locator, found)
         return list(found.values())
 
     def _locate(self, model_def, comp, field_name, locator, found) -> ComponentStatus:
@@ -118,8 +119,11 @@ class ZImageHandler:
                 from models.z_image.keys import components_in
                 from models.z_image.loader import open_weights
 
-                if comp in components_in(open_weights(tr.path).tensors):
-                    return tr.path
+                try:
+                    if comp in components_in(open_weights(tr.path).tensors):
+                        return tr.path
+                except ModelFileError:
+                    return None  # a broken transformer file is reported when it is loaded
         te = found.get("text_encoder")
         if comp == "tokenizer" and te and te.path is not None:
             folder = te.path if te.path.is_dir() else te.path.parent

@@ -1,0 +1,79 @@
+"""Model types from JSON: shipped defaults, finetune overrides, references, and bad definitions."""
+
+import json
+
+import pytest
+
+from core.errors import ModelDefinitionError
+from core.registry import ROOT, Registry
+
+SHIPPED = ["z_image", "z_image_base", "z_image_control", "z_image_control2", "z_image_control2_1",
+           "z_image_twinflow_turbo"]
+
+
+def write(folder, name, data):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(data))
+
+
+def test_shipped_types_and_defaults():
+    reg = Registry()
+    assert set(SHIPPED) <= set(reg.types)
+    turbo = reg.default_settings("z_image")
+    assert (turbo.num_inference_steps, turbo.guidance_scale, turbo.flow_shift) == (8, 0.0, 3.0)
+    base = reg.default_settings("z_image_base")
+    assert base.guidance_scale > 0 and base.num_inference_steps >= 28
+    assert reg.handler("z_image_base").capabilities("z_image_base").cfg
+    assert not reg.handler("z_image").capabilities("z_image").cfg
+    assert reg.default_settings("z_image_twinflow_turbo").num_inference_steps == 2
+    assert reg.handler("z_image_control2").capabilities("z_image_control2").inpaint
+
+
+def test_reference_to_another_type_reuses_files():
+    reg = Registry()
+    assert reg.get("z_image_control").model["URLs"] == reg.get("z_image").model["URLs"]
+    assert reg.get("z_image_base").model["text_encoder_URLs"] == reg.get("z_image").model["text_encoder_URLs"]
+
+
+def test_finetune_overrides_field_by_field(tmp_path):
+    write(tmp_path / "fin", "z_image", {"model": {"name": "My Turbo"}, "num_inference_steps": 6})
+    write(tmp_path / "fin", "my_type", {"model": {"architecture": "z_image", "URLs": "/x/t.safetensors",
+                                                  "text_encoder_URLs": "z_image", "vae_URLs": "z_image",
+                                                  "tokenizer": "z_image"}})
+    reg = Registry(folders=[ROOT / "defaults", tmp_path / "fin"])
+    turbo = reg.get("z_image")
+    assert turbo.name == "My Turbo"
+    assert turbo.model["URLs"] == Registry().get("z_image").model["URLs"]  # untouched fields kept
+    assert reg.default_settings("z_image").num_inference_steps == 6
+    assert reg.default_settings("z_image").guidance_scale == 0.0
+    assert reg.get("my_type").model["vae_URLs"] == turbo.model["vae_URLs"]
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"model": {"architecture": "z_image", "URLz": "x"}}, "unknown field"),
+    ({"model": {"architecture": "sdxl"}}, "architecture 'sdxl'"),
+    ({"notmodel": {}}, "\"model\" block"),
+    ({"model": {"architecture": "z_image"}, "num_steps": 3}, "unknown setting"),
+    ({"model": {"architecture": "z_image"}, "resolution": "big"}, "WIDTHxHEIGHT"),
+    ({"model": {"architecture": "z_image", "config": [1]}}, "must be an object"),
+])
+def test_bad_model_json(tmp_path, data, message):
+    write(tmp_path, "bad", data)
+    with pytest.raises(ModelDefinitionError, match=message):
+        Registry(folders=[tmp_path])
+
+
+def test_invalid_json_and_loops(tmp_path):
+    (tmp_path / "broken.json").write_text("{ not json")
+    with pytest.raises(ModelDefinitionError, match="not valid JSON"):
+        Registry(folders=[tmp_path])
+    (tmp_path / "broken.json").unlink()
+    write(tmp_path, "a", {"model": {"architecture": "z_image", "URLs": "b"}})
+    write(tmp_path, "b", {"model": {"architecture": "z_image", "URLs": "a"}})
+    with pytest.raises(ModelDefinitionError, match="loop"):
+        Registry(folders=[tmp_path])
+
+
+def test_unknown_type():
+    with pytest.raises(ModelDefinitionError, match="unknown model type 'nope'.*z_image"):
+        Registry().get("nope")
