@@ -1,0 +1,155 @@
+"""Core engine benchmark on a small random model: this pipeline vs diffusers' ZImagePipeline, same weights.
+
+Prints a table and one JSON line. Ratios, not absolute seconds, are the figures to compare:
+  time per image (target <= 1.05x diffusers), transformer passes per image (= steps),
+  text-encoder calls for a repeated prompt (target 0), peak RSS growth loading a transformer file
+  vs the file's size (target <= 1.15x).
+Run: python benchmarks/bench_core.py [--steps 8] [--size 512] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+SMALL = dict(dim=512, n_layers=4, heads=4, cap_dim=128, refiner_layers=2)
+
+
+def rss_probe(path: str) -> None:
+    """Child process: load a transformer file and print RSS growth (bytes) while loading."""
+    import resource
+
+    from accelerate import init_empty_weights  # noqa: F401  (imports are not part of loading)
+    from diffusers import ZImageTransformer2DModel  # noqa: F401
+    from diffusers.models.transformers.transformer_z_image import TimestepEmbedder  # noqa: F401
+
+    from models.z_image import loader
+
+    def rss():
+        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    before = rss()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    model = loader.load_transformer(Path(path), {}, torch.float32)
+    sum(float(p.sum()) for p in model.parameters())  # touch every weight, as a first generation would
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, peak_before)
+    print(json.dumps({"growth": max(rss(), peak) - before, "rss_growth_after": rss() - before}))
+
+
+def build(folder: Path):
+    from safetensors.torch import save_file
+
+    from models.z_image import tiny
+
+    models = {"transformer": tiny.make_transformer(**SMALL),
+              "text_encoder": tiny.make_text_encoder(hidden=SMALL["cap_dim"], layers=4, heads=4, kv_heads=2),
+              "vae": tiny.make_vae()}
+    for name, model in models.items():
+        save_file(tiny.state_dict_for_file(model), str(folder / f"{name}.safetensors"))
+    tok = tiny.make_tokenizer()
+    tok.save_pretrained(str(folder / "tokenizer"))
+    model_json = {"model": {"architecture": "z_image", "URLs": str(folder / "transformer.safetensors"),
+                            "text_encoder_URLs": str(folder / "text_encoder.safetensors"),
+                            "vae_URLs": str(folder / "vae.safetensors"), "tokenizer": str(folder / "tokenizer")}}
+    (folder / "bench_small.json").write_text(json.dumps(model_json))
+    return models, tok
+
+
+def timed(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda to time a GPU (bfloat16 there)")
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
+
+    from core.engine import Engine
+    from core.files import FileLocator
+    from core.registry import Registry
+
+    folder = Path(tempfile.mkdtemp(prefix="zimage-bench-"))
+    models, tok = build(folder)
+    dtype = "float32" if args.device == "cpu" else "bfloat16"
+    engine = Engine(Registry(extra_files=[folder / "bench_small.json"]), FileLocator(offline=True), dtype, args.device)
+    settings = engine.settings_for("bench_small", prompt="a lighthouse on a cliff at dusk", seed=1,
+                                   num_inference_steps=args.steps, width=args.size, height=args.size)
+    engine.generate(settings)  # load + warm up
+    model = engine.model
+    pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=model.vae,
+                          text_encoder=model.encoder.text_encoder, tokenizer=tok, transformer=model.transformer)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run_diffusers():
+        pipe(prompt=settings.prompt, height=args.size, width=args.size, num_inference_steps=args.steps,
+             guidance_scale=0.0, generator=torch.Generator("cpu").manual_seed(1))
+
+    run_diffusers()  # warm up
+    calls0, passes0 = model.encoder.calls, model.passes
+    ours = timed(lambda: engine.generate(settings), args.repeats)
+    te_calls = (model.encoder.calls - calls0) / args.repeats
+    passes = (model.passes - passes0) / args.repeats
+    ours_new_prompt = timed(lambda: engine.generate(
+        settings.__class__(**{**settings.to_dict(), "prompt": f"new prompt {time.time()}"})), args.repeats)
+    diff_passes = []
+    hook = model.transformer.register_forward_hook(lambda *a: diff_passes.append(1))
+    theirs = timed(run_diffusers, args.repeats)
+    hook.remove()
+
+    file = folder / "transformer.safetensors"
+    probe = subprocess.run([sys.executable, __file__, "--rss-probe", str(file)], capture_output=True, text=True)
+    rss = json.loads(probe.stdout.strip().splitlines()[-1])
+    size = file.stat().st_size
+
+    rows = [
+        ("time per image, this app (repeated prompt)", f"{ours:.3f} s", f"{ours / theirs:.3f}x", "<= 1.05x"),
+        ("time per image, this app (new prompt)", f"{ours_new_prompt:.3f} s", f"{ours_new_prompt / theirs:.3f}x",
+         "<= 1.05x"),
+        ("time per image, diffusers ZImagePipeline", f"{theirs:.3f} s", "1.000x", ""),
+        ("transformer passes per image (this app)", f"{passes:.0f}", f"steps = {args.steps}", f"= {args.steps}"),
+        ("transformer passes per image (diffusers)", f"{len(diff_passes) / args.repeats:.0f}", "", ""),
+        ("text-encoder calls, repeated prompt", f"{te_calls:.0f}", "", "0"),
+        ("peak RSS growth loading transformer", f"{rss['growth'] / 2**20:.1f} MiB",
+         f"{rss['growth'] / size:.3f}x file", "<= 1.15x"),
+        ("transformer file size", f"{size / 2**20:.1f} MiB", "", ""),
+    ]
+    print(f"\nCore benchmark: dim {SMALL['dim']}, {SMALL['n_layers']} layers, {args.size}x{args.size}, "
+          f"{args.steps} steps, {args.device} {dtype}, {torch.get_num_threads()} threads, median of {args.repeats}\n")
+    print(f"{'measure':<46}{'value':>14}{'ratio':>20}{'target':>10}")
+    for row in rows:
+        print(f"{row[0]:<46}{row[1]:>14}{row[2]:>20}{row[3]:>10}")
+    print(json.dumps({"bench": "core", "time_ratio_repeated_prompt": round(ours / theirs, 4),
+                      "time_ratio_new_prompt": round(ours_new_prompt / theirs, 4),
+                      "seconds_ours": round(ours, 4), "seconds_diffusers": round(theirs, 4),
+                      "passes_per_image": passes, "text_encoder_calls_repeated": te_calls,
+                      "load_rss_growth_ratio": round(rss["growth"] / size, 4), "file_bytes": size}))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--rss-probe":
+        rss_probe(sys.argv[2])
+    else:
+        main()
