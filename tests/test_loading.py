@@ -156,3 +156,11 @@ def test_folder_with_only_pickles(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({}))
     with pytest.raises(ModelFileError, match="pickle"):
         loader.load_text_encoder(tmp_path, torch.float32)
+
+
+def test_plain_fp8_file_cast_on_load(tmp_path, tiny_models):
+    sd = {k: v.to(torch.float8_e4m3fn) for k, v in state_dict_for_file(tiny_models["transformer"]).items()}
+    save_file(sd, str(tmp_path / "fp8.safetensors"))
+    tr = loader.load_transformer(tmp_path / "fp8.safetensors", {}, torch.float32)
+    want = sd["layers.0.feed_forward.w1.weight"].float()
+    torch.testing.assert_close(tr.layers[0].feed_forward.w1.weight, want)
