@@ -82,6 +82,10 @@ class Engine:
         model = self.load(settings.model_type)
         return self.registry.handler(settings.model_type).generate(model, settings, callback)
 
+    def preview(self, latents):
+        """A cheap picture of in-progress latents from the loaded model."""
+        return self.registry.handler(self.model.model_type).preview(self.model, latents)
+
     def record(self, batch_index: int) -> dict:
         """What the PNG keeps besides the settings: files, precision and versions."""
         import diffusers

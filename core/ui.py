@@ -1,68 +1,275 @@
-"""A first web UI on the engine: controls come from the selected model type's capabilities."""
+"""The web UI: a thin layer over Engine. Controls come from core.ui_fields and the selected model type's
+capabilities; the UI never tests a model type's name."""
 
 from __future__ import annotations
 
-import dataclasses
+import gc
+import json
+import logging
+import time
+from pathlib import Path
+
+import gradio as gr
+from gradio.data_classes import FileData
 
 from core.errors import Interrupted, UserError
+from core.job_runner import JobRunner, StepEvent
+from core.outputs import read_png_settings
+from core.settings import GenerationSettings, size_presets
+from core.ui_fields import FIELDS, coerce
+from core.ui_memory import SettingsMemory
+
+log = logging.getLogger("zimage.ui")
+CUSTOM_SIZE = "custom"
 
 
-def build_ui(engine, lock_model: str | None = None):
-    import gradio as gr
+def preset_choices() -> dict[str, tuple[int, int]]:
+    out = {}
+    for mp in (1.0, 2.0):
+        for ratio, (w, h) in size_presets(mp).items():
+            out[f"{ratio}  {w}x{h}  ({mp:g} MP)"] = (w, h)
+    return out
 
-    types = [lock_model] if lock_model else sorted(engine.registry.types)
-    first = "z_image" if "z_image" in types else types[0]
 
-    def caps_of(model_type):
-        model_def = engine.registry.get(model_type)
-        return engine.registry.handler(model_type).capabilities(model_def.architecture)
+class AppUI:
+    """State and event handlers; `build()` lays out the page."""
 
-    def on_model(model_type):
-        s = engine.settings_for(model_type)
-        caps = caps_of(model_type)
-        lo, hi = caps.step_range
-        return (gr.update(value=s.num_inference_steps, minimum=lo, maximum=hi),
-                gr.update(value=s.guidance_scale, visible=caps.cfg),
-                gr.update(visible=caps.cfg), gr.update(value=s.flow_shift, visible=caps.shift),
-                gr.update(value=s.width), gr.update(value=s.height))
+    def __init__(self, engine, output_dir="outputs", memory_path="ui_settings.json", lock_model=None,
+                 exposed_without_auth=False):
+        self.engine = engine
+        self.runner = JobRunner(engine)
+        self.output_dir = Path(output_dir)
+        self.memory = SettingsMemory(Path(memory_path))
+        types = [lock_model] if lock_model else sorted(engine.registry.types)
+        self.types = types
+        self.first = "z_image" if "z_image" in types else types[0]
+        self.exposed_without_auth = exposed_without_auth
+        self.presets = preset_choices()
 
-    def run(model_type, prompt, negative, seed, steps, guidance, shift, width, height, batch,
-            progress=gr.Progress()):
+    # ---- model type -> controls ----------------------------------------------------------------
+
+    def caps(self, model_type):
+        arch = self.engine.registry.get(model_type).architecture
+        return self.engine.registry.handler(model_type).capabilities(arch)
+
+    def settings_for_type(self, model_type) -> GenerationSettings:
+        """The user's last settings for this type, else its defaults."""
         try:
-            settings = engine.settings_for(model_type)
-            settings = dataclasses.replace(
-                settings, prompt=prompt, negative_prompt=negative or "", seed=int(seed),
-                num_inference_steps=int(steps), guidance_scale=float(guidance) if caps_of(model_type).cfg else 0.0,
-                flow_shift=float(shift), width=int(width), height=int(height), batch_size=int(batch))
-            results = engine.generate(settings, callback=lambda r, i, n, x: progress((i + 1, n)))
-            paths = engine.save(results, "outputs")
-            return [str(p) for p in paths], f"seed {results[0].settings.seed}"
-        except (UserError, Interrupted) as exc:
+            return self.engine.settings_for(model_type, **self.memory.get(model_type))
+        except UserError:
+            return self.engine.settings_for(model_type)
+
+    def field_updates(self, settings: GenerationSettings) -> list:
+        caps = self.caps(settings.model_type)
+        updates = []
+        for spec in FIELDS:
+            kw = {"value": getattr(settings, spec.name), "visible": spec.visible(caps)}
+            if spec.bounds and spec.kind == "slider":
+                kw["minimum"], kw["maximum"] = spec.bounds(caps)
+            if spec.choices:
+                kw["choices"] = list(spec.choices(caps))
+            updates.append(gr.update(**kw))
+        return updates
+
+    def describe(self, model_type) -> str:
+        model_def = self.engine.registry.get(model_type)
+        handler = self.engine.registry.handler(model_type)
+        lines = [f"**{model_def.name}**: {model_def.model.get('description', '')}"]
+        if not self.caps(model_type).available:
+            lines.append("*Generation for this type arrives in a later version.*")
+        try:
+            for s in handler.file_status(model_def, self.engine.locator):
+                from core.files import human_size
+
+                where = f"present (`{s.path}`)" if s.path else f"to download ({human_size(s.size)})"
+                lines.append(f"- {s.component}: {where}")
+        except UserError as exc:
+            lines.append(f"- problem: {exc}")
+        return "\n".join(lines)
+
+    def on_model(self, model_type):
+        settings = self.settings_for_type(model_type)
+        return [self.describe(model_type), *self.field_updates(settings)]
+
+    def on_preset(self, label):
+        if label not in self.presets:
+            return gr.skip(), gr.skip()
+        return self.presets[label]
+
+    def on_restore(self, file):
+        """Every setting from a PNG this app made."""
+        if file is None:
+            return [gr.skip()] * (2 + len(FIELDS))
+        try:
+            settings, _record = read_png_settings(getattr(file, "name", file))
+            self.engine.registry.get(settings.model_type)
+        except UserError as exc:
             raise gr.Error(str(exc)) from None
+        return [gr.update(value=settings.model_type), self.describe(settings.model_type),
+                *self.field_updates(settings)]
+
+    # ---- generation ----------------------------------------------------------------------------
+
+    def collect(self, model_type, values) -> GenerationSettings:
+        data = {spec.name: coerce(spec, v) for spec, v in zip(FIELDS, values)}
+        data = {k: v for k, v in data.items() if v is not None}
+        caps = self.caps(model_type)
+        if not caps.cfg:
+            data.pop("guidance_scale", None)
+        return self.engine.settings_for(model_type, **data)
+
+    def generate(self, model_type, *values, request=None, progress=None):
+        """Generator: yields (preview, gallery, info, settings used) while running; errors become gr.Error."""
+        owner = getattr(request, "session_hash", None) or "api"
+        try:
+            settings = self.collect(model_type, values)
+            for note in self.engine.check(settings):
+                gr.Info(note)
+            progress(0, desc="Loading model (and downloading missing files)")
+            self.engine.load(model_type)
+            self.memory.remember(settings)
+            yield from self._run(settings, owner, progress)
+        except Interrupted:
+            gr.Info("Stopped.")
+            yield gr.skip(), gr.skip(), "Stopped.", gr.skip()
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        except Exception as exc:  # keep serving whatever happened, and say what it was
+            raise gr.Error(self._unexpected(exc, settings if "settings" in locals() else None)) from None
+
+    def _run(self, settings, owner, progress):
+        total = settings.num_inference_steps * settings.count
+        started = time.perf_counter()
+        for event in self.runner.run(settings, owner):
+            if isinstance(event, StepEvent):
+                done = event.run * event.total + event.step + 1
+                progress((done, total), desc=f"Batch {event.run + 1}/{settings.count}, step {event.step + 1}/"
+                                              f"{event.total}")
+                yield self.engine.preview(event.latents), gr.skip(), f"Step {done}/{total}", gr.skip()
+            else:
+                paths = self.engine.save(event, self.output_dir)
+                seconds = time.perf_counter() - started
+                items = [(str(p), f"seed {r.settings.seed}") for p, r in zip(paths, event)]
+                seeds = ", ".join(str(r.settings.seed) for r in event[:: settings.batch_size])
+                yield (gr.skip(), items, f"{len(paths)} image(s) in {seconds:.1f} s, seed(s) {seeds}",
+                       event[0].settings.to_dict())
+
+    def _unexpected(self, exc, settings) -> str:
+        log.exception("generation failed")
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            self.engine.unload()
+            gc.collect()
+            torch.cuda.empty_cache()
+            size = f" at {settings.width}x{settings.height}" if settings else ""
+            return (f"Out of GPU memory{size}. The model was unloaded to free memory: try a smaller size, fewer "
+                    "images per batch, or a lower memory profile.")
+        return f"Generation failed: {type(exc).__name__}: {exc}"
+
+    def on_select(self, evt: gr.SelectData):
+        """The settings stored in the gallery image the user clicked."""
+        path = (evt.value or {}).get("image", {}).get("path") if isinstance(evt.value, dict) else None
+        if not path:
+            return gr.skip()
+        try:
+            return read_png_settings(path)[0].to_dict()
+        except UserError as exc:
+            return {"error": str(exc)}
+
+    def on_stop(self, request: gr.Request = None):
+        owner = getattr(request, "session_hash", None)
+        if not self.runner.stop(owner):
+            gr.Info("Nothing of yours is running.")
+
+    def api_txt2img(self, prompt: str, model_type: str = "z_image", settings: str = "{}",
+                    request: gr.Request = None) -> list[FileData]:
+        """Generate images; `settings` is a JSON object of settings fields (seed, width, num_inference_steps...)."""
+        owner = getattr(request, "session_hash", None) or "api"
+        try:
+            extra = json.loads(settings or "{}")
+            if not isinstance(extra, dict):
+                raise ValueError("settings must be a JSON object")
+            gen = self.engine.settings_for(model_type, **{**extra, "prompt": prompt})
+            self.engine.check(gen)
+            results = [e for e in self.runner.run(gen, owner) if not isinstance(e, StepEvent)][0]
+        except (UserError, ValueError, Interrupted) as exc:
+            raise gr.Error(str(exc)) from None
+        except Exception as exc:
+            raise gr.Error(self._unexpected(exc, None)) from None
+        return [FileData(path=str(p)) for p in self.engine.save(results, self.output_dir)]
+
+    def api_stop(self, request: gr.Request = None) -> bool:
+        """Stop the caller's running generation; True if one was running."""
+        return self.runner.stop(getattr(request, "session_hash", None))
+
+
+def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="outputs",
+             memory_path="ui_settings.json"):
+    app = AppUI(engine, output_dir, memory_path, lock_model, exposed_without_auth)
+    settings = app.settings_for_type(app.first)
+    caps = app.caps(app.first)
 
     with gr.Blocks(title="Z-Image Studio") as demo:
         gr.Markdown("# Z-Image Studio")
+        if exposed_without_auth:
+            gr.Markdown("⚠️ **This app is reachable from other machines without a login: anyone with the address "
+                        "can use your GPU. Restart it with `--auth USER:PASSWORD`.**", elem_id="exposed-warning")
+        comps = {}
         with gr.Row():
-            with gr.Column():
-                model = gr.Dropdown(types, value=first, label="Model type")
-                prompt = gr.Textbox(label="Prompt", lines=3)
-                negative = gr.Textbox(label="Negative prompt", visible=caps_of(first).cfg)
+            with gr.Column(scale=1):
+                model = gr.Dropdown(app.types, value=app.first, label="Model type")
+                about = gr.Markdown(app.describe(app.first))
+                for spec in [f for f in FIELDS if f.group == "main"]:
+                    comps[spec.name] = make_component(spec, settings, caps)
                 with gr.Row():
-                    seed = gr.Number(-1, label="Seed (-1 random)", precision=0)
-                    steps = gr.Slider(1, 50, value=8, step=1, label="Steps")
-                with gr.Row():
-                    guidance = gr.Slider(0, 15, value=0, step=0.5, label="Guidance (CFG)", visible=caps_of(first).cfg)
-                    shift = gr.Slider(0.5, 12, value=3, step=0.1, label="Shift")
-                with gr.Row():
-                    width = gr.Number(1024, label="Width", precision=0)
-                    height = gr.Number(1024, label="Height", precision=0)
-                    batch = gr.Slider(1, 8, value=1, step=1, label="Batch")
-                go = gr.Button("Generate", variant="primary")
-            with gr.Column():
-                gallery = gr.Gallery(label="Images", format="png")
-                info = gr.Markdown()
-        model.change(on_model, model, [steps, guidance, negative, shift, width, height])
-        demo.load(on_model, model, [steps, guidance, negative, shift, width, height])
-        go.click(run, [model, prompt, negative, seed, steps, guidance, shift, width, height, batch], [gallery, info],
-                 api_name="generate")
+                    go = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                with gr.Accordion("Size and count", open=True):
+                    preset = gr.Dropdown([CUSTOM_SIZE, *app.presets], value=CUSTOM_SIZE, label="Size preset")
+                    with gr.Row():
+                        for spec in [f for f in FIELDS if f.group == "size"]:
+                            comps[spec.name] = make_component(spec, settings, caps)
+                with gr.Accordion("Advanced", open=False):
+                    for spec in [f for f in FIELDS if f.group == "advanced"]:
+                        comps[spec.name] = make_component(spec, settings, caps)
+                restore = gr.File(label="Drop a PNG made by this app to restore its settings", file_types=[".png"])
+            with gr.Column(scale=1):
+                preview = gr.Image(label="Live preview", interactive=False, height=256, format="png")
+                gallery = gr.Gallery(label="Results", format="png", columns=2, elem_id="gallery")
+                info = gr.Markdown(elem_id="info")
+                used = gr.JSON(label="Settings used (click an image)")
+        fields = [comps[spec.name] for spec in FIELDS]
+
+        private = dict(api_visibility="private")
+        model.input(app.on_model, model, [about, *fields], **private)
+        preset.input(app.on_preset, preset, [comps["width"], comps["height"]], **private)
+        restore.upload(app.on_restore, restore, [model, about, *fields], **private)
+
+        def run(data: dict, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+            # a set of inputs arrives as one {component: value} dict, leaving room for Gradio's special arguments
+            values = [data[c] for c in fields]
+            yield from app.generate(data[model], *values, request=request, progress=progress)
+
+        go.click(run, {model, *fields}, [preview, gallery, info, used], **private)
+        gallery.select(app.on_select, None, used, **private)
+        stop.click(app.on_stop, None, None, queue=False, **private)
+        gr.api(app.api_txt2img, api_name="txt2img")
+        gr.api(app.api_stop, api_name="stop", queue=False)
+    demo.zimage_app = app
     return demo
+
+
+def make_component(spec, settings, caps):
+    value, visible = getattr(settings, spec.name), spec.visible(caps)
+    common = dict(label=spec.label, visible=visible, info=spec.info or None, elem_id=f"field-{spec.name}")
+    if spec.kind == "text":
+        return gr.Textbox(value=value, lines=3 if spec.name == "prompt" else 1, **common)
+    if spec.kind == "slider":
+        lo, hi = spec.bounds(caps)
+        return gr.Slider(lo, hi, value=value, step=spec.step, **common)
+    if spec.kind == "number":
+        return gr.Number(value=value, precision=0 if spec.is_int() else None, **common)
+    if spec.kind == "dropdown":
+        return gr.Dropdown(list(spec.choices(caps)), value=value, **common)
+    return gr.Checkbox(value=value, **common)

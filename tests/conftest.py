@@ -46,3 +46,9 @@ def engine(tiny_model_json):
     from core.registry import Registry
 
     return Engine(Registry(extra_files=[tiny_model_json[0]]), FileLocator(offline=True))
+
+
+def pytest_configure(config):
+    # third-party deprecation chatter (gradio's pandas use, transformers' configs) is not ours to fix here
+    for line in ("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore:.*deprecated.*:Warning"):
+        config.addinivalue_line("filterwarnings", line)

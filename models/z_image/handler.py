@@ -164,6 +164,15 @@ class ZImageHandler:
                            {k: str(v) for k, v in paths.items()})
 
     @staticmethod
+    def preview(model, latents):
+        """A cheap RGB picture of in-progress latents [B, C, h, w]."""
+        from models.z_image.preview import fit_projection, latents_to_image
+
+        if getattr(model, "preview_projection", None) is None:
+            model.preview_projection = fit_projection(model.vae)
+        return latents_to_image(latents, model.preview_projection)
+
+    @staticmethod
     def generate(model, settings: GenerationSettings, callback=None):
         from models.z_image.pipeline import generate
 

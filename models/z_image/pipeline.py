@@ -30,6 +30,7 @@ class ZImageModel:
     device: torch.device
     files: dict = field(default_factory=dict)
     passes: int = 0  # transformer forward passes, for the benchmark and tests
+    preview_projection: torch.Tensor | None = None  # latent -> RGB map for live previews, fitted on first use
 
 
 @dataclass

@@ -1,0 +1,65 @@
+"""Which settings the UI shows, as data: one row per GenerationSettings field.
+
+The UI builds a component per row and asks each row, given the selected architecture's capabilities,
+whether it is visible and what range or choices it offers. Adding a setting to the UI is adding a row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from core.capabilities import Capabilities
+from core.settings import MAX_SEED, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
+
+
+def always(_caps: Capabilities) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str  # a GenerationSettings field
+    kind: str  # "text" | "number" | "slider" | "dropdown" | "checkbox"
+    label: str
+    group: str = "main"  # "main" | "size" | "advanced"
+    visible: Callable[[Capabilities], bool] = always
+    bounds: Callable[[Capabilities], tuple] | None = None  # (min, max) for sliders and numbers
+    choices: Callable[[Capabilities], tuple] | None = None  # for dropdowns
+    step: float = 1
+    info: str = ""
+
+    def is_int(self) -> bool:
+        return self.kind in ("number", "slider") and float(self.step).is_integer()
+
+
+FIELDS = [
+    FieldSpec("prompt", "text", "Prompt"),
+    FieldSpec("negative_prompt", "text", "Negative prompt", visible=lambda c: c.cfg or c.nag),
+    FieldSpec("seed", "number", "Seed (-1: random)", bounds=lambda c: (-1, MAX_SEED)),
+    FieldSpec("num_inference_steps", "slider", "Steps", bounds=lambda c: c.step_range),
+    FieldSpec("guidance_scale", "slider", "Guidance (CFG)", visible=lambda c: c.cfg, bounds=lambda c: (0, 15),
+              step=0.1, info="0 turns CFG off; each step then costs one pass instead of two"),
+    FieldSpec("flow_shift", "slider", "Shift", visible=lambda c: c.shift, bounds=lambda c: (0.5, 12), step=0.1,
+              info="higher spends more steps on composition, lower on detail"),
+    FieldSpec("width", "number", "Width", "size", bounds=lambda c: (MIN_SIDE, MAX_SIDE), step=SIDE_MULTIPLE),
+    FieldSpec("height", "number", "Height", "size", bounds=lambda c: (MIN_SIDE, MAX_SIDE), step=SIDE_MULTIPLE),
+    FieldSpec("batch_size", "slider", "Images per batch", "size", bounds=lambda c: (1, 8)),
+    FieldSpec("count", "slider", "Batches (successive seeds)", "size", bounds=lambda c: (1, 20)),
+    FieldSpec("sampler", "dropdown", "Sampler", "advanced", choices=lambda c: c.samplers),
+    FieldSpec("cfg_truncation", "slider", "CFG truncation", "advanced", visible=lambda c: c.cfg,
+              bounds=lambda c: (0, 1), step=0.01, info="guidance stops once this fraction of the noise is gone"),
+    FieldSpec("cfg_normalization", "slider", "CFG normalization", "advanced", visible=lambda c: c.cfg,
+              bounds=lambda c: (0, 5), step=0.05, info="caps the guided prediction's size (0: off)"),
+]
+
+
+def coerce(spec: FieldSpec, value):
+    """UI values (floats from number boxes, None from cleared boxes) to the settings field's type."""
+    if value is None or value == "":
+        return None
+    if spec.is_int():
+        return int(round(float(value)))
+    if spec.kind in ("number", "slider"):
+        return float(value)
+    return value

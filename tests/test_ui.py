@@ -1,0 +1,257 @@
+"""The web UI: served on a free port with the tiny model, driven by gradio_client and by the handlers."""
+
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gr = pytest.importorskip("gradio")
+from gradio_client import Client  # noqa: E402
+from gradio_client.utils import Status  # noqa: E402
+
+from core.outputs import read_png_settings  # noqa: E402
+from core.ui import AppUI, build_ui  # noqa: E402
+from core.ui_fields import FIELDS  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(engine, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ui_out")
+    demo = build_ui(engine, output_dir=out, memory_path=out / "memory.json")
+    port = free_port()
+    demo.queue(default_concurrency_limit=1).launch(server_port=port, prevent_thread_lock=True,
+                                                   allowed_paths=[str(out)], quiet=True)
+    yield demo, f"http://127.0.0.1:{port}/", out
+    demo.close()
+
+
+def client(url, **kw):
+    return Client(url, verbose=False, **kw)
+
+
+def settings_json(**kw):
+    return json.dumps(kw)
+
+
+def test_api_generates_png_with_settings(server):
+    _, url, _ = server
+    paths = client(url).predict(prompt="a lighthouse", model_type="z_image_tiny_test",
+                                settings=settings_json(seed=9, width=256, height=320, num_inference_steps=2),
+                                api_name="/txt2img")
+    assert len(paths) == 1
+    assert Image.open(paths[0]).size == (256, 320)
+    settings, _ = read_png_settings(paths[0])
+    assert (settings.prompt, settings.seed) == ("a lighthouse", 9)
+
+
+def test_bad_input_is_a_clear_error_and_app_keeps_serving(server):
+    _, url, _ = server
+    c = client(url)
+    with pytest.raises(Exception, match="width 1000 is not a multiple of 16"):
+        c.predict(prompt="x", model_type="z_image_tiny_test", settings=settings_json(width=1000), api_name="/txt2img")
+    with pytest.raises(Exception, match="unknown model type"):
+        c.predict(prompt="x", model_type="nope", api_name="/txt2img")
+    assert c.predict(prompt="x", model_type="z_image_tiny_test", settings=settings_json(num_inference_steps=1),
+                     api_name="/txt2img")
+
+
+def test_second_client_waits_in_queue(server):
+    _, url, _ = server
+    long = settings_json(num_inference_steps=60, width=384, height=384)
+    first = client(url).submit(prompt="one", model_type="z_image_tiny_test", settings=long, api_name="/txt2img")
+    time.sleep(1.0)
+    second = client(url).submit(prompt="two", model_type="z_image_tiny_test", settings=long, api_name="/txt2img")
+    ranks = []
+    deadline = time.time() + 60
+    while not first.done() and time.time() < deadline:
+        status = second.status()
+        if status.code == Status.IN_QUEUE and status.rank is not None:
+            ranks.append(status.rank)
+        time.sleep(0.2)
+    assert ranks and min(ranks) == 0  # the second request waited, first in line
+    assert first.result() and second.result()
+
+
+def test_stop_mid_run_then_ready(server):
+    demo, url, _ = server
+    c = client(url)
+    job = c.submit(prompt="long", model_type="z_image_tiny_test",
+                   settings=settings_json(num_inference_steps=200, width=512, height=512), api_name="/txt2img")
+    deadline = time.time() + 60
+    while demo.zimage_app.runner._owner is None and time.time() < deadline:
+        time.sleep(0.1)
+    started = time.time()
+    assert c.predict(api_name="/stop") is True
+    with pytest.raises(Exception, match="stopped"):
+        job.result()
+    assert time.time() - started < 20  # within a step or so, not after 200 steps
+    assert c.predict(prompt="after", model_type="z_image_tiny_test", settings=settings_json(num_inference_steps=1),
+                     api_name="/txt2img")
+
+
+def test_stop_from_another_session_does_not_stop(server):
+    demo, url, _ = server
+    job = client(url).submit(prompt="mine", model_type="z_image_tiny_test",
+                             settings=settings_json(num_inference_steps=20), api_name="/txt2img")
+    while demo.zimage_app.runner._owner is None and not job.done():
+        time.sleep(0.05)
+    assert client(url).predict(api_name="/stop") is False
+    assert job.result()
+
+
+# ---- handlers without a server ---------------------------------------------------------------------
+
+class FakeProgress:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, value, desc=None):
+        self.calls.append((value, desc))
+
+
+class FakeRequest:
+    session_hash = "test-session"
+
+
+def values_for(app, model_type, **changes):
+    s = app.engine.settings_for(model_type, **changes)
+    return [getattr(s, spec.name) for spec in FIELDS]
+
+
+def test_generate_streams_progress_and_previews(engine, tmp_path):
+    app = AppUI(engine, tmp_path / "out", tmp_path / "mem.json")
+    progress = FakeProgress()
+    steps = list(app.generate("z_image_tiny_test", *values_for(app, "z_image_tiny_test", prompt="a cat", seed=1,
+                                                                  num_inference_steps=4, count=2),
+                              request=FakeRequest(), progress=progress))
+    previews = [s[0] for s in steps if isinstance(s[0], Image.Image)]
+    assert len(previews) == 8  # a live preview every step of both runs
+    assert progress.calls[0][0] == 0  # the first update comes before loading
+    assert [c[0] for c in progress.calls[1:]] == [(i, 8) for i in range(1, 9)]
+    gallery, used = steps[-1][1], steps[-1][3]
+    assert len(gallery) == 2 and used["seed"] == 1
+    assert Image.open(gallery[0][0]).size == (256, 256)
+    assert app.memory.get("z_image_tiny_test")["prompt"] == "a cat"  # remembered for next time
+
+
+def test_capabilities_decide_visible_controls(engine, tmp_path):
+    app = AppUI(engine, tmp_path, tmp_path / "mem.json")
+    names = [spec.name for spec in FIELDS]
+
+    def visible(model_type):
+        updates = app.field_updates(engine.settings_for(model_type))
+        return {n for n, u in zip(names, updates) if u["visible"]}
+
+    assert "guidance_scale" in visible("z_image_base") and "guidance_scale" not in visible("z_image")
+    assert "cfg_truncation" in visible("z_image_base") and "cfg_truncation" not in visible("z_image")
+    assert "flow_shift" not in visible("z_image_twinflow_turbo")
+    steps = dict(zip(names, app.field_updates(engine.settings_for("z_image_base"))))["num_inference_steps"]
+    assert steps["maximum"] == engine.registry.handler("z_image_base").capabilities("z_image_base").step_range[1]
+
+
+def test_switching_model_applies_defaults_then_remembered(engine, tmp_path):
+    app = AppUI(engine, tmp_path, tmp_path / "mem.json")
+    names = [spec.name for spec in FIELDS]
+    base = dict(zip(names, app.on_model("z_image_base")[1:]))
+    assert base["guidance_scale"]["value"] == 4.0
+    app.memory.remember(engine.settings_for("z_image_base", prompt="kept", guidance_scale=6.5))
+    again = dict(zip(names, app.on_model("z_image_base")[1:]))
+    assert again["guidance_scale"]["value"] == 6.5 and again["prompt"]["value"] == "kept"
+
+
+def test_restore_every_setting_from_png(engine, tmp_path):
+    app = AppUI(engine, tmp_path, tmp_path / "mem.json")
+    s = engine.settings_for("z_image_tiny_test", prompt="restore me", seed=77, num_inference_steps=3, width=320)
+    path = engine.save(engine.generate(s), tmp_path / "png")[0]
+    updates = app.on_restore(str(path))
+    assert updates[0]["value"] == "z_image_tiny_test"
+    restored = {n: u["value"] for n, u in zip([f.name for f in FIELDS], updates[2:])}
+    assert restored["prompt"] == "restore me" and restored["seed"] == 77 and restored["width"] == 320
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    with pytest.raises(gr.Error, match="holds no settings"):
+        app.on_restore(str(plain))
+
+
+def test_missing_files_download_then_generate(engine, tiny_model_json, tmp_path, monkeypatch):
+    """A type whose files are on the 'hub' only: generating downloads them (tqdm progress), then generates."""
+    import shutil
+
+    import huggingface_hub
+    from tqdm import tqdm
+
+    from core.engine import Engine
+    from core.files import FileLocator
+    from core.registry import Registry
+
+    _, folder = tiny_model_json
+    hub = "https://huggingface.co/test/tiny/resolve/main/"
+    model_json = tmp_path / "hubtiny.json"
+    model_json.write_text(json.dumps({"model": {
+        "architecture": "z_image", "URLs": hub + "transformer.safetensors",
+        "text_encoder_URLs": hub + "text_encoder.safetensors", "vae_URLs": hub + "vae.safetensors",
+        "tokenizer": str(folder / "tokenizer")}, "resolution": "256x256"}))
+    fetched = []
+
+    def fake_download(repo, filename, revision, local_dir):
+        for _ in tqdm(range(3), desc=filename):
+            pass
+        fetched.append(filename)
+        target = local_dir / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(folder / filename, target)
+        return str(target)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    eng = Engine(Registry(extra_files=[model_json]), FileLocator(tmp_path / "ckpts"))
+    app = AppUI(eng, tmp_path / "out", tmp_path / "mem.json")
+    assert "to download" in app.describe("hubtiny")
+    out = list(app.generate("hubtiny", *values_for(app, "hubtiny", prompt="x", num_inference_steps=1),
+                            request=FakeRequest(), progress=FakeProgress()))
+    assert sorted(fetched) == ["text_encoder.safetensors", "transformer.safetensors", "vae.safetensors"]
+    assert len(out[-1][1]) == 1
+    assert "present" in app.describe("hubtiny")
+
+
+def test_share_and_listen_warnings(tiny_model_json, monkeypatch, capsys, tmp_path):
+    import gradio.networking
+
+    from core.cli import build_parser
+    from core.ui_options import launch
+
+    monkeypatch.setattr(gradio.networking, "setup_tunnel", lambda **kw: "https://fake-share.gradio.live")
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["--model-def", str(tiny_model_json[0]), "--share",
+                                      "--server-port", str(free_port())])
+    demo = launch(args, block=False)
+    try:
+        assert demo.share_url == "https://fake-share.gradio.live"
+        assert "WARNING" in capsys.readouterr().err
+        assert any(getattr(b, "elem_id", None) == "exposed-warning" for b in demo.blocks.values())
+    finally:
+        demo.close()
+
+
+def test_auth_file_parsing(tmp_path):
+    from core.errors import SettingsError
+    from core.ui_options import parse_logins
+
+    f = tmp_path / "logins.txt"
+    f.write_text("# friends\nann:pa:ss\n\nbob:secret\n")
+    assert parse_logins("me:pw", str(f)) == [("me", "pw"), ("ann", "pa:ss"), ("bob", "secret")]
+    with pytest.raises(SettingsError, match="USER:PASSWORD"):
+        parse_logins("nopassword", None)
+    (tmp_path / "bad.txt").write_text("just a name\n")
+    with pytest.raises(SettingsError, match="bad.txt line 1"):
+        parse_logins(None, str(tmp_path / "bad.txt"))
