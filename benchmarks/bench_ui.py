@@ -1,0 +1,136 @@
+"""UI benchmark on the tiny model: what the web page adds over the CLI path, and how fast it reacts.
+
+In one run: seconds per image through the engine directly (the CLI's path), through the page in headless
+Chromium (click Generate -> image shown), and through the txt2img API; and the time from clicking Generate to
+the first progress update on the page. Targets: page adds at most 0.3 s per image; first update under 1 s.
+Needs Debian's chromium and the playwright package. Run: python benchmarks/bench_ui.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+CLICK_AND_TIME = """(before) => new Promise(resolve => {
+  const t0 = performance.now(); let first = null;
+  const check = () => {
+    const bar = document.querySelector('.progress-level-inner');
+    const info = document.querySelector('#info .prose, #info [data-testid=markdown]');
+    const text = info ? info.textContent.trim() : '';
+    if (first === null && ((bar && bar.textContent.trim()) || text.startsWith('Step'))) first = performance.now() - t0;
+    const img = document.querySelector('#gallery img');
+    if (img && img.src !== before && img.complete && img.naturalWidth > 0) {
+      obs.disconnect(); resolve([first, performance.now() - t0]);
+    }
+  };
+  const obs = new MutationObserver(check);
+  obs.observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
+  document.querySelector('#generate').click();
+})"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=8)
+    args = ap.parse_args()
+    from gradio_client import Client
+    from playwright.sync_api import sync_playwright
+
+    from core.engine import Engine
+    from core.files import FileLocator
+    from core.registry import Registry
+    from core.ui import build_ui
+    from models.z_image.tiny import write_test_model
+
+    chromium = shutil.which("chromium")
+    if not chromium:
+        sys.exit("needs Debian's chromium (apt-get install chromium)")
+    work = Path(tempfile.mkdtemp(prefix="zimage-ui-bench-"))
+    model_json = write_test_model(work / "model")
+    engine = Engine(Registry(extra_files=[model_json]), FileLocator(offline=True), "float32", "cpu")
+    settings = engine.settings_for(model_json.stem, prompt="a small red house", seed=1,
+                                   num_inference_steps=args.steps)
+    demo = build_ui(engine, output_dir=work / "out", memory_path=work / "mem.json")
+    port = free_port()
+    demo.queue(default_concurrency_limit=1).launch(server_port=port, prevent_thread_lock=True, quiet=True,
+                                                   allowed_paths=[str(work / "out")])
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        engine.save(engine.generate(settings), work / "cli")  # load and warm up
+        cli = [timed(lambda: engine.save(engine.generate(settings), work / "cli")) for _ in range(args.repeats)]
+        client = Client(url, verbose=False)
+        body = json.dumps({"seed": 1, "num_inference_steps": args.steps})
+        api = [timed(lambda: client.predict(prompt=settings.prompt, model_type=model_json.stem, settings=body,
+                                            api_name="/txt2img")) for _ in range(args.repeats)]
+        page_times, first_updates = browser_runs(chromium, url, model_json.stem, settings, args.repeats)
+    finally:
+        demo.close()
+    report(statistics.median(cli), statistics.median(api), statistics.median(page_times),
+           statistics.median(first_updates), args)
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def browser_runs(chromium, url, model_type, settings, repeats):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=ARGS)
+        page = browser.new_page()
+        page.goto(url)
+        page.get_by_label("Model type").click()
+        page.get_by_role("option", name=model_type).click()
+        page.locator("#field-prompt textarea").fill(settings.prompt)
+        page.locator("#field-seed input").fill("1")
+        page.locator("#field-num_inference_steps input[type=number]").fill(str(settings.num_inference_steps))
+        info = "() => { const img = document.querySelector('#gallery img'); return img ? img.src : ''; }"
+        page.evaluate(CLICK_AND_TIME, page.evaluate(info))  # warm up the page's code paths
+        runs = [page.evaluate(CLICK_AND_TIME, page.evaluate(info)) for _ in range(repeats)]
+        browser.close()
+    return [r[1] / 1000 for r in runs], [r[0] / 1000 for r in runs if r[0] is not None]
+
+
+def report(cli, api, page, first, args):
+    rows = [
+        ("seconds per image, engine (CLI path)", f"{cli:.3f}", "", ""),
+        ("seconds per image, web page (click -> shown)", f"{page:.3f}", f"+{page - cli:.3f} s", "<= +0.3 s"),
+        ("seconds per image, txt2img API", f"{api:.3f}", f"+{api - cli:.3f} s", ""),
+        ("click Generate -> first progress update", f"{first:.3f}", "", "< 1 s"),
+    ]
+    print(f"\nUI benchmark: tiny model, 256x256, {args.steps} steps, CPU, median of {args.repeats}\n")
+    print(f"{'measure':<48}{'value':>10}{'added':>14}{'target':>12}")
+    for r in rows:
+        print(f"{r[0]:<48}{r[1]:>10}{r[2]:>14}{r[3]:>12}")
+    print(json.dumps({"bench": "ui", "seconds_cli": round(cli, 4), "seconds_page": round(page, 4),
+                      "seconds_api": round(api, 4), "page_added_seconds": round(page - cli, 4),
+                      "first_progress_seconds": round(first, 4)}))
+
+
+if __name__ == "__main__":
+    main()
