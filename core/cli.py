@@ -32,6 +32,9 @@ def common_options(subcommand: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="compute precision (default: float32 on CPU, bfloat16 on GPU)")
     g.add_argument("--device", help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    g.add_argument("--text-encoder", metavar="FILE_OR_DIR",
+                   help="use this Qwen3-4B-shaped text encoder (file or folder) instead of the model type's")
+    g.add_argument("--vae", metavar="FILE_OR_DIR", help="use this Flux-style 16-channel VAE instead of the model type's")
     return p
 
 
@@ -55,6 +58,14 @@ def generate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default="outputs", metavar="FILE_OR_DIR",
                    help="folder (default outputs/) or a .png name; existing files are never overwritten")
     p.add_argument("--settings-from", metavar="PNG", help="start from the settings stored in a PNG made by this app")
+    p.add_argument("--enhance", action="store_true", default=None,
+                   help="let the text encoder rewrite the prompt into a detailed one first (seeded)")
+    p.add_argument("--enhance-thinking", action="store_true", default=None, help="let the enhancer think first")
+    p.add_argument("--text-hidden-layer", type=int, help="text encoder hidden state used (default -2)")
+    p.add_argument("--seed-variance", type=float, help="noise on the prompt embedding early on, x its std "
+                                                       "(0 = off; try 0.5-2 for more varied Turbo seeds)")
+    p.add_argument("--seed-variance-fraction", type=float, help="share of embedding values given noise (0-1)")
+    p.add_argument("--seed-variance-steps", type=float, help="share of the steps with the noise (0-1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = common_options(subcommand=True)
     gen = sub.add_parser("generate", parents=[common], help="generate images from the command line")
     generate_options(gen)
+    enh = sub.add_parser("enhance", parents=[common], help="print the enhancer's rewrite of --prompt (no image)")
+    generate_options(enh)
     sub.add_parser("models", parents=[common], help="list model types and whether their files are present")
     show = sub.add_parser("settings", parents=[common], help="print the settings stored in a PNG")
     show.add_argument("png")
@@ -84,7 +97,7 @@ def main(argv=None) -> int:
             from core import ui_options
 
             return ui_options.launch(args)
-        return {"generate": cmd_generate, "models": cmd_models, "settings": cmd_settings,
+        return {"generate": cmd_generate, "enhance": cmd_enhance, "models": cmd_models, "settings": cmd_settings,
                 "make-test-model": cmd_make_test_model}[args.command](args)
     except (SettingsError, ModelDefinitionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -106,11 +119,20 @@ def make_engine(args):
     locator = FileLocator(Path(args.checkpoints), Path(args.comfyui_models) if args.comfyui_models else None)
     if args.comfyui_models and not Path(args.comfyui_models).is_dir():
         raise UserError(f"--comfyui-models {args.comfyui_models}: no such folder")
-    return Engine(registry, locator, args.dtype, args.device)
+    overrides = {}
+    for flag, field in (("text_encoder", "text_encoder_URLs"), ("vae", "vae_URLs")):
+        path = getattr(args, flag, None)
+        if path:
+            if not Path(path).exists():
+                raise UserError(f"--{flag.replace('_', '-')} {path}: no such file or folder")
+            overrides[field] = str(Path(path).resolve())
+    return Engine(registry, locator, args.dtype, args.device, overrides)
 
 
 SETTING_FLAGS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "cfg_truncation",
-                 "cfg_normalization", "flow_shift", "sampler", "width", "height", "batch_size", "count")
+                 "cfg_normalization", "flow_shift", "sampler", "width", "height", "batch_size", "count", "enhance",
+                 "enhance_thinking", "text_hidden_layer", "seed_variance", "seed_variance_fraction",
+                 "seed_variance_steps")
 
 
 def settings_from_args(engine, args):
@@ -138,8 +160,10 @@ def cmd_generate(args) -> int:
         raise SettingsError("--prompt is required (or --settings-from a PNG)")
     for note in engine.check(settings):
         print(f"note: {note}", file=sys.stderr)
-    results = engine.generate(settings, callback=_progress(settings))
+    results = engine.generate(settings, callback=_progress(settings), on_token=_token_progress)
     print(file=sys.stderr)
+    if results and results[0].settings.original_prompt:
+        print(f"enhanced prompt: {results[0].settings.prompt}", file=sys.stderr)
     for path, result in zip(engine.save(results, Path(args.output)), results):
         print(f"{path}\tseed {result.settings.seed}")
     return 0
@@ -150,6 +174,21 @@ def _progress(settings):
         sys.stderr.write(f"\rimage run {run + 1}/{settings.count}: step {step + 1}/{total}")
         sys.stderr.flush()
     return report
+
+
+def _token_progress(n, per_second):
+    sys.stderr.write(f"\renhancing the prompt: {n} tokens, {per_second:.1f} tokens/s")
+    sys.stderr.flush()
+
+
+def cmd_enhance(args) -> int:
+    engine = make_engine(args)
+    settings = settings_from_args(engine, args)
+    engine.check(settings)
+    enhanced = engine.enhance(settings, on_token=_token_progress)
+    print(file=sys.stderr)
+    print(enhanced.prompt)
+    return 0
 
 
 def cmd_models(args) -> int:

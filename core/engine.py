@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import platform
 from pathlib import Path
@@ -40,12 +41,18 @@ class Engine:
     """Holds at most one loaded model type; loads on demand, generates, saves."""
 
     def __init__(self, registry: Registry, locator: FileLocator, dtype: str | None = None,
-                 device: str | None = None):
+                 device: str | None = None, overrides: dict | None = None):
         self.registry = registry
         self.locator = locator
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
+        self.overrides = dict(overrides or {})  # model JSON component field -> path, for every type
         self.model = None
+        self._loaded_key = None
+
+    def set_overrides(self, overrides: dict) -> None:
+        """Swap components (e.g. {"text_encoder_URLs": path, "vae_URLs": path}); reloads on next use."""
+        self.overrides = {k: v for k, v in overrides.items() if v}
 
     def settings_for(self, model_type: str, **overrides) -> GenerationSettings:
         return self.registry.default_settings(model_type, **overrides)
@@ -59,15 +66,20 @@ class Engine:
         return handler.notes(settings, model_def.architecture)
 
     def load(self, model_type: str):
-        if self.model is not None and self.model.model_type == model_type:
+        key = (model_type, tuple(sorted(self.overrides.items())))
+        if self.model is not None and self._loaded_key == key:
             return self.model
         self.unload()
         model_def = self.registry.get(model_type)
+        if self.overrides:
+            model_def = dataclasses.replace(model_def, model={**model_def.model, **self.overrides})
         self.model = self.registry.handler(model_type).load(model_def, self.locator, self.dtype, self.device)
+        self._loaded_key = key
         return self.model
 
     def unload(self) -> None:
         self.model = None
+        self._loaded_key = None
         gc.collect()
         try:
             import torch
@@ -77,9 +89,21 @@ class Engine:
         except ImportError:
             pass
 
-    def generate(self, settings: GenerationSettings, callback=None):
+    def enhance(self, settings: GenerationSettings, on_token=None) -> GenerationSettings:
+        """Settings whose prompt is the enhancer's rewrite (seeded by the settings' seed); the user's prompt
+        moves to `original_prompt`, so both reach the PNG."""
+        settings = settings.with_seed()
+        model = self.load(settings.model_type)
+        original = settings.original_prompt or settings.prompt
+        text = self.registry.handler(settings.model_type).enhance(model, original, settings.seed,
+                                                                   settings.enhance_thinking, on_token)
+        return dataclasses.replace(settings, prompt=text, original_prompt=original)
+
+    def generate(self, settings: GenerationSettings, callback=None, on_token=None):
         self.check(settings)
         model = self.load(settings.model_type)
+        if settings.enhance and not settings.original_prompt:
+            settings = self.enhance(settings, on_token)
         return self.registry.handler(settings.model_type).generate(model, settings, callback)
 
     def preview(self, latents):

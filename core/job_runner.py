@@ -1,4 +1,4 @@
-"""One generation at a time in a worker thread, streamed as events; Stop takes effect within one step."""
+"""One GPU job at a time in a worker thread, streamed as events; Stop takes effect within one step."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ class StepEvent:
     latents: object  # [B, C, h, w] after this step
 
 
+@dataclass
+class TokenEvent:
+    tokens: int  # tokens the enhancer has written so far
+    per_second: float
+
+
 class JobRunner:
     def __init__(self, engine):
         self.engine = engine
@@ -25,29 +31,44 @@ class JobRunner:
         self._lock = threading.Lock()
 
     def run(self, settings, owner: str):
-        """Yields StepEvents, then the results list; raises what generation raised (Interrupted on Stop)."""
+        """Generate: yields Step/TokenEvents, then the results list."""
+        return self.stream(lambda on_step, on_token: self.engine.generate(settings, on_step, on_token), owner)
+
+    def enhance(self, settings, owner: str):
+        """Rewrite the prompt: yields TokenEvents, then the new settings."""
+        return self.stream(lambda on_step, on_token: self.engine.enhance(settings, on_token), owner)
+
+    def stream(self, work, owner: str):
+        """Run `work(on_step, on_token)` in a thread; yield its events, then its result; re-raise its error
+        (Interrupted after Stop)."""
         events: queue.Queue = queue.Queue()
 
-        def on_step(run, step, total, latents):
+        def checked(event):
             if self._stop.is_set():
                 raise Interrupted("stopped by the user")
-            events.put(StepEvent(run, step, total, latents))
+            events.put(event)
 
-        def work():
+        def on_step(run, step, total, latents):
+            checked(StepEvent(run, step, total, latents))
+
+        def on_token(n, per_second):
+            checked(TokenEvent(n, per_second))
+
+        def target():
             try:
-                events.put(("done", self.engine.generate(settings, on_step)))
+                events.put(("done", work(on_step, on_token)))
             except BaseException as exc:  # handed to the caller's thread, which reports it
                 events.put(("error", exc))
 
         with self._lock:
             self._stop.clear()
             self._owner = owner
-        threading.Thread(target=work, daemon=True, name="generation").start()
+        threading.Thread(target=target, daemon=True, name="gpu-job").start()
         finished = False
         try:
             while True:
                 item = events.get()
-                if isinstance(item, StepEvent):
+                if isinstance(item, (StepEvent, TokenEvent)):
                     yield item
                     continue
                 finished = True

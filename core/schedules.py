@@ -21,3 +21,8 @@ def shifted_simple(steps: int, shift: float) -> torch.Tensor:
 
 
 SCHEDULES = {"simple": shifted_simple}
+
+
+def step_index(sigmas: torch.Tensor, sigma) -> int:
+    """Which step a model evaluation at `sigma` belongs to (intermediate evaluations count as their step)."""
+    return int((sigmas[:-1] >= float(sigma)).sum()) - 1

@@ -34,6 +34,13 @@ class GenerationSettings:
     batch_size: int = 1  # images in one pass
     count: int = 1  # runs, with successive seeds
     loras: list = field(default_factory=list)  # [{"name": str, "strength": float}], applied by the LoRA issue
+    enhance: bool = False  # rewrite the prompt with the text encoder before generating
+    enhance_thinking: bool = False  # let the enhancer think first (slower; the thinking is dropped)
+    original_prompt: str = ""  # the user's prompt when `prompt` holds the enhancer's rewrite
+    text_hidden_layer: int = -2  # which hidden state of the text encoder conditions the image
+    seed_variance: float = 0.0  # noise on the prompt embedding early in sampling, x its std (0: off)
+    seed_variance_fraction: float = 0.5  # share of the embedding's values that get noise
+    seed_variance_steps: float = 0.3  # share of the steps (from the start) with noise
 
     def validate(self) -> "GenerationSettings":
         _check_text(self.prompt, "prompt", required=True)
@@ -56,6 +63,14 @@ class GenerationSettings:
             raise SettingsError("sampler must be a name such as 'euler'")
         if not isinstance(self.loras, list):
             raise SettingsError("loras must be a list")
+        for flag in ("enhance", "enhance_thinking"):
+            if not isinstance(getattr(self, flag), bool):
+                raise SettingsError(f"{flag} must be true or false")
+        _check_text(self.original_prompt, "original prompt", required=False)
+        _check_int(self.text_hidden_layer, "text hidden layer", -64, -2)
+        _check_float(self.seed_variance, "seed variance", 0.0, 10.0)
+        _check_float(self.seed_variance_fraction, "seed variance fraction", 0.0, 1.0)
+        _check_float(self.seed_variance_steps, "seed variance steps", 0.0, 1.0)
         return self
 
     def with_seed(self) -> "GenerationSettings":

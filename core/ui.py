@@ -13,7 +13,7 @@ import gradio as gr
 from gradio.data_classes import FileData
 
 from core.errors import Interrupted, UserError
-from core.job_runner import JobRunner, StepEvent
+from core.job_runner import JobRunner, StepEvent, TokenEvent
 from core.outputs import read_png_settings
 from core.settings import GenerationSettings, size_presets
 from core.ui_fields import FIELDS, coerce
@@ -63,7 +63,7 @@ class AppUI:
         caps = self.caps(settings.model_type)
         updates = []
         for spec in FIELDS:
-            kw = {"value": getattr(settings, spec.name), "visible": spec.visible(caps)}
+            kw = {"value": getattr(settings, spec.name), "visible": shown(spec, caps)}
             if spec.bounds and spec.kind == "slider":
                 kw["minimum"], kw["maximum"] = spec.bounds(caps)
             if spec.choices:
@@ -118,10 +118,41 @@ class AppUI:
             data.pop("guidance_scale", None)
         return self.engine.settings_for(model_type, **data)
 
-    def generate(self, model_type, *values, request=None, progress=None):
+    def apply_overrides(self, text_encoder: str = "", vae: str = "") -> None:
+        """Swap in the user's text encoder / VAE (file or folder) for the next load."""
+        for label, path in (("text encoder", text_encoder), ("VAE", vae)):
+            if path and not Path(path).exists():
+                raise UserError(f"{label} {path}: no such file or folder")
+        self.engine.set_overrides({"text_encoder_URLs": text_encoder or None, "vae_URLs": vae or None})
+
+    def enhance_prompt(self, model_type, *values, overrides=("", ""), request=None, progress=None):
+        """The Enhance button: returns (new prompt, original prompt) for the user to edit."""
+        owner = getattr(request, "session_hash", None) or "api"
+        try:
+            self.apply_overrides(*overrides)
+            settings = self.collect(model_type, values)
+            progress(0, desc="Loading the text encoder")
+            result = None
+            for event in self.runner.enhance(settings, owner):
+                if isinstance(event, TokenEvent):
+                    progress(None, desc=f"Enhancing: {event.tokens} tokens, {event.per_second:.1f} tokens/s")
+                else:
+                    result = event
+            gr.Info(f"Prompt enhanced (seed {result.seed}); edit it if you like, then generate.")
+            return result.prompt, result.original_prompt
+        except Interrupted:
+            gr.Info("Stopped.")
+            return gr.skip(), gr.skip()
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        except Exception as exc:
+            raise gr.Error(self._unexpected(exc, None)) from None
+
+    def generate(self, model_type, *values, overrides=("", ""), request=None, progress=None):
         """Generator: yields (preview, gallery, info, settings used) while running; errors become gr.Error."""
         owner = getattr(request, "session_hash", None) or "api"
         try:
+            self.apply_overrides(*overrides)
             settings = self.collect(model_type, values)
             for note in self.engine.check(settings):
                 gr.Info(note)
@@ -141,6 +172,9 @@ class AppUI:
         total = settings.num_inference_steps * settings.count
         started = time.perf_counter()
         for event in self.runner.run(settings, owner):
+            if isinstance(event, TokenEvent):
+                progress(None, desc=f"Enhancing the prompt: {event.tokens} tokens, {event.per_second:.1f} tokens/s")
+                continue
             if isinstance(event, StepEvent):
                 done = event.run * event.total + event.step + 1
                 progress((done, total), desc=f"Batch {event.run + 1}/{settings.count}, step {event.step + 1}/"
@@ -224,6 +258,7 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
                     comps[spec.name] = make_component(spec, settings, caps)
                 with gr.Row():
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
+                    enhance = gr.Button("Enhance prompt", elem_id="enhance")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")
                 with gr.Accordion("Size and count", open=True):
                     preset = gr.Dropdown([CUSTOM_SIZE, *app.presets], value=CUSTOM_SIZE, label="Size preset")
@@ -233,6 +268,10 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
                 with gr.Accordion("Advanced", open=False):
                     for spec in [f for f in FIELDS if f.group == "advanced"]:
                         comps[spec.name] = make_component(spec, settings, caps)
+                    text_encoder = gr.Textbox(label="Text encoder (file or folder; empty: the model type's)",
+                                              info="a Qwen3-4B-shaped encoder, e.g. a Qwen3-4B-Instruct-2507 finetune")
+                    vae = gr.Textbox(label="VAE (file or folder; empty: the model type's)",
+                                     info="a Flux-compatible 16-channel VAE")
                 restore = gr.File(label="Drop a PNG made by this app to restore its settings", file_types=[".png"])
             with gr.Column(scale=1):
                 preview = gr.Image(label="Live preview", interactive=False, height=256, format="png")
@@ -246,12 +285,20 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
         preset.input(app.on_preset, preset, [comps["width"], comps["height"]], **private)
         restore.upload(app.on_restore, restore, [model, about, *fields], **private)
 
-        def run(data: dict, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
-            # a set of inputs arrives as one {component: value} dict, leaving room for Gradio's special arguments
-            values = [data[c] for c in fields]
-            yield from app.generate(data[model], *values, request=request, progress=progress)
+        # a set of inputs arrives as one {component: value} dict, leaving room for Gradio's special arguments
+        inputs = {model, text_encoder, vae, *fields}
 
-        go.click(run, {model, *fields}, [preview, gallery, info, used], **private)
+        def run(data: dict, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+            yield from app.generate(data[model], *[data[c] for c in fields], overrides=(data[text_encoder], data[vae]),
+                                    request=request, progress=progress)
+
+        def rewrite(data: dict, request: gr.Request, progress=gr.Progress()):
+            return app.enhance_prompt(data[model], *[data[c] for c in fields],
+                                      overrides=(data[text_encoder], data[vae]), request=request, progress=progress)
+
+        go.click(run, inputs, [preview, gallery, info, used], **private)
+        enhance.click(rewrite, inputs, [comps["prompt"], comps["original_prompt"]], **private)
+        comps["prompt"].input(lambda: "", None, comps["original_prompt"], **private)  # a new prompt of the user's
         gallery.select(app.on_select, None, used, **private)
         stop.click(app.on_stop, None, None, queue=False, **private)
         gr.api(app.api_txt2img, api_name="txt2img")
@@ -261,9 +308,9 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
 
 
 def make_component(spec, settings, caps):
-    value, visible = getattr(settings, spec.name), spec.visible(caps)
+    value, visible = getattr(settings, spec.name), shown(spec, caps)
     common = dict(label=spec.label, visible=visible, info=spec.info or None, elem_id=f"field-{spec.name}")
-    if spec.kind == "text":
+    if spec.kind in ("text", "hidden"):
         return gr.Textbox(value=value, lines=3 if spec.name == "prompt" else 1, **common)
     if spec.kind == "slider":
         lo, hi = spec.bounds(caps)
@@ -273,3 +320,7 @@ def make_component(spec, settings, caps):
     if spec.kind == "dropdown":
         return gr.Dropdown(list(spec.choices(caps)), value=value, **common)
     return gr.Checkbox(value=value, **common)
+
+
+def shown(spec, caps) -> bool:
+    return spec.kind != "hidden" and spec.visible(caps)

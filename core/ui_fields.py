@@ -20,7 +20,7 @@ def always(_caps: Capabilities) -> bool:
 @dataclass(frozen=True)
 class FieldSpec:
     name: str  # a GenerationSettings field
-    kind: str  # "text" | "number" | "slider" | "dropdown" | "checkbox"
+    kind: str  # "text" | "number" | "slider" | "dropdown" | "checkbox" | "hidden" (kept, not shown)
     label: str
     group: str = "main"  # "main" | "size" | "advanced"
     visible: Callable[[Capabilities], bool] = always
@@ -35,6 +35,9 @@ class FieldSpec:
 
 FIELDS = [
     FieldSpec("prompt", "text", "Prompt"),
+    FieldSpec("original_prompt", "hidden", "Prompt before enhancing"),
+    FieldSpec("enhance", "checkbox", "Enhance the prompt automatically",
+              info="the text encoder rewrites your prompt into a detailed one before each generation"),
     FieldSpec("negative_prompt", "text", "Negative prompt", visible=lambda c: c.cfg or c.nag),
     FieldSpec("seed", "number", "Seed (-1: random)", bounds=lambda c: (-1, MAX_SEED)),
     FieldSpec("num_inference_steps", "slider", "Steps", bounds=lambda c: c.step_range),
@@ -51,6 +54,16 @@ FIELDS = [
               bounds=lambda c: (0, 1), step=0.01, info="guidance stops once this fraction of the noise is gone"),
     FieldSpec("cfg_normalization", "slider", "CFG normalization", "advanced", visible=lambda c: c.cfg,
               bounds=lambda c: (0, 5), step=0.05, info="caps the guided prediction's size (0: off)"),
+    FieldSpec("seed_variance", "slider", "Seed variance", "advanced", bounds=lambda c: (0, 3), step=0.05,
+              info="noise on the prompt early in sampling: more varied images across seeds (0: off)"),
+    FieldSpec("seed_variance_fraction", "slider", "Seed variance: share of values", "advanced",
+              bounds=lambda c: (0, 1), step=0.05),
+    FieldSpec("seed_variance_steps", "slider", "Seed variance: share of steps", "advanced",
+              bounds=lambda c: (0, 1), step=0.05),
+    FieldSpec("enhance_thinking", "checkbox", "Enhancer thinks first", "advanced",
+              info="slower; the thinking is dropped from the result"),
+    FieldSpec("text_hidden_layer", "number", "Text encoder hidden layer", "advanced", bounds=lambda c: (-36, -2),
+              info="-2 is what the model was trained with"),
 ]
 
 

@@ -10,6 +10,7 @@ from core.errors import ModelFileError
 from models.z_image.keys import count_blocks
 
 ASSETS = Path(__file__).parent / "assets"
+VAE_SCALE = 8  # pixels per latent cell of a Flux-style VAE; with the patch of 2, sizes are multiples of 16
 
 # Z-Image 6B (all variants share the DiT shape).
 TRANSFORMER_DEFAULTS = dict(

@@ -9,6 +9,7 @@ from core.capabilities import Capabilities
 from core.errors import ModelFileError, SettingsError, UserError
 from core.files import FileLocator, as_list, parse_ref
 from core.settings import GenerationSettings
+from models.z_image.config import VAE_SCALE
 
 _CONTROL_V1 = ("canny", "hed", "depth", "pose", "mlsd")
 _CONTROL_V2 = _CONTROL_V1 + ("scribble", "gray", "tile")
@@ -173,6 +174,13 @@ class ZImageHandler:
         return latents_to_image(latents, model.preview_projection)
 
     @staticmethod
+    def enhance(model, prompt: str, seed: int, thinking: bool = False, on_token=None) -> str:
+        """The prompt rewritten by the loaded text encoder (see models/z_image/enhancer.py)."""
+        from models.z_image.enhancer import enhance
+
+        return enhance(model.encoder, prompt, seed, thinking, on_token=on_token)
+
+    @staticmethod
     def generate(model, settings: GenerationSettings, callback=None):
         from models.z_image.pipeline import generate
 
@@ -188,6 +196,10 @@ def _check_fit(paths, transformer, text_encoder, vae) -> None:
     if vae.config.latent_channels != transformer.config.in_channels:
         raise ModelFileError(paths["vae"], f"VAE has {vae.config.latent_channels} latent channels, the "
                                            f"transformer expects {transformer.config.in_channels}")
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    if scale != VAE_SCALE:
+        raise ModelFileError(paths["vae"], f"VAE scales images down {scale}x; Z-Image needs a {VAE_SCALE}x "
+                                           "(Flux-style) VAE")
 
 
 HANDLER = ZImageHandler()

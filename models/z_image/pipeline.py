@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import torch
 
 from core.samplers import SAMPLERS
-from core.schedules import shifted_simple
+from core.schedules import shifted_simple, step_index
 from core.settings import GenerationSettings
 
-VAE_SCALE = 8  # the VAE's down-sampling; the transformer's patch of 2 makes sizes multiples of 16
+from models.z_image.config import VAE_SCALE
 
 
 @dataclass
@@ -58,15 +58,33 @@ def flow(model: ZImageModel, x: torch.Tensor, sigma: torch.Tensor, captions: lis
     return -torch.stack([o.float() for o in out]).squeeze(2)
 
 
-def make_model_fn(model: ZImageModel, settings: GenerationSettings, cond: torch.Tensor, uncond):
-    """model_fn(x, sigma) -> v with classifier-free guidance composed in (positive and negative batched)."""
+def varied_captions(cond: torch.Tensor, settings: GenerationSettings, seed: int, sigmas: torch.Tensor):
+    """captions(sigma) -> B caption tensors; seed variance puts seeded noise on the embedding [tokens, dim]
+    for the first `seed_variance_steps` of the steps, so seeds differ more in composition."""
+    plain = [cond] * settings.batch_size
+    if settings.seed_variance <= 0 or settings.seed_variance_steps <= 0:
+        return lambda sigma: plain
+    gen = torch.Generator("cpu").manual_seed((seed + 0x5EED) % 2**63)  # not the image noise's stream
+    shape = (settings.batch_size, *cond.shape)
+    noise = torch.randn(shape, generator=gen)
+    keep = torch.rand(shape, generator=gen) < settings.seed_variance_fraction
+    scale = settings.seed_variance * cond.float().std().cpu()
+    varied = [cond + (noise[b] * keep[b] * scale).to(cond.device, cond.dtype) for b in range(shape[0])]
+    noisy_steps = settings.seed_variance_steps * (len(sigmas) - 1)
+    return lambda sigma: varied if step_index(sigmas, sigma) < noisy_steps else plain
+
+
+def make_model_fn(model: ZImageModel, settings: GenerationSettings, captions, uncond):
+    """model_fn(x, sigma) -> v with classifier-free guidance composed in (positive and negative batched).
+    `captions(sigma)` gives the positive caption per batch element."""
     w = settings.guidance_scale
 
     def model_fn(x, sigma):
         batch = x.shape[0]
+        cond = captions(sigma)
         if uncond is None or w <= 0 or (1 - float(sigma)) > settings.cfg_truncation:
-            return flow(model, x, sigma, [cond] * batch)
-        both = flow(model, torch.cat([x, x]), sigma, [cond] * batch + [uncond] * batch)
+            return flow(model, x, sigma, cond)
+        both = flow(model, torch.cat([x, x]), sigma, cond + [uncond] * batch)
         pos, neg = both[:batch], both[batch:]
         return normalize_guided(pos, pos + w * (pos - neg), settings.cfg_normalization)
 
@@ -101,14 +119,14 @@ def generate(model: ZImageModel, settings: GenerationSettings, callback=None) ->
     settings = settings.with_seed()
     cfg = settings.guidance_scale > 0
     prompts = [settings.prompt] + ([settings.negative_prompt] if cfg else [])
-    feats = model.encoder.encode(prompts)
+    feats = model.encoder.encode(prompts, settings.text_hidden_layer)
     cond, uncond = feats[0], (feats[1] if cfg else None)
     sampler, _ = SAMPLERS[settings.sampler]
     sigmas = shifted_simple(settings.num_inference_steps, settings.flow_shift).to(model.device)
-    model_fn = make_model_fn(model, settings, cond, uncond)
     results = []
     for run in range(settings.count):
         seed = settings.seed + run
+        model_fn = make_model_fn(model, settings, varied_captions(cond, settings, seed, sigmas), uncond)
         x = initial_noise(settings, seed, model.transformer.config.in_channels).to(model.device)
         step_cb = (lambda i, n, lat, r=run: callback(r, i, n, lat)) if callback else None
         latents = sampler(model_fn, x, sigmas, callback=step_cb)

@@ -6,6 +6,8 @@ from collections import OrderedDict
 
 import torch
 
+from core.errors import SettingsError
+
 MAX_TOKENS = 512
 
 
@@ -18,33 +20,30 @@ class PromptEncoder:
     """Encodes prompts with the text encoder, running only the layers the wanted hidden state needs.
 
     `hidden_layer` counts like `hidden_states[i]` of transformers (-2: the input of the last layer), so
-    the last layer, the final norm and the LM head are never run. Results are cached (LRU) per prompt.
+    the last layer, the final norm and the LM head are never run for conditioning (the enhancer runs them).
+    Results are cached (LRU) per prompt and layer.
     """
 
-    def __init__(self, text_encoder, tokenizer, hidden_layer: int = -2, cache_size: int = 64):
+    def __init__(self, text_encoder, tokenizer, cache_size: int = 64):
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
-        self.hidden_layer = hidden_layer
         self.cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.cache_size = cache_size
         self.calls = 0  # text-encoder forward passes, for the benchmark
 
-    def encode(self, prompts: list[str]) -> list[torch.Tensor]:
+    def encode(self, prompts: list[str], hidden_layer: int = -2) -> list[torch.Tensor]:
         """One [tokens, hidden] tensor per prompt (the prompt's real tokens only)."""
-        missing = [p for p in dict.fromkeys(prompts) if self._key(p) not in self.cache]
+        missing = [p for p in dict.fromkeys(prompts) if (p, hidden_layer) not in self.cache]
         if missing:
-            for prompt, feats in zip(missing, self._run(missing)):
-                self.cache[self._key(prompt)] = feats
+            for prompt, feats in zip(missing, self._run(missing, hidden_layer)):
+                self.cache[(prompt, hidden_layer)] = feats
         out = []
         for prompt in prompts:
-            self.cache.move_to_end(self._key(prompt))
-            out.append(self.cache[self._key(prompt)])
+            self.cache.move_to_end((prompt, hidden_layer))
+            out.append(self.cache[(prompt, hidden_layer)])
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
         return out
-
-    def _key(self, prompt: str) -> tuple:
-        return (prompt, self.hidden_layer, MAX_TOKENS)
 
     def template(self, prompt: str) -> str:
         messages = [{"role": "user", "content": prompt}]
@@ -52,21 +51,22 @@ class PromptEncoder:
                                                   enable_thinking=True)
 
     @torch.no_grad()
-    def _run(self, prompts: list[str]) -> list[torch.Tensor]:
+    def _run(self, prompts: list[str], hidden_layer: int) -> list[torch.Tensor]:
         enc = self.tokenizer([self.template(p) for p in prompts], padding="longest", max_length=MAX_TOKENS,
                              truncation=True, return_tensors="pt")
         device = self.text_encoder.model.embed_tokens.weight.device
         ids, mask = enc.input_ids.to(device), enc.attention_mask.to(device).bool()
-        hidden = self._hidden_state(ids, mask)
+        hidden = self._hidden_state(ids, mask, hidden_layer)
         self.calls += 1
         return [hidden[i][mask[i]] for i in range(len(prompts))]
 
-    def _hidden_state(self, ids, mask) -> torch.Tensor:
-        """hidden_states[hidden_layer] without running the layers after it."""
+    def _hidden_state(self, ids, mask, hidden_layer: int = -2) -> torch.Tensor:
+        """hidden_states[hidden_layer] (-2 or lower) without running the layers after it."""
         layers = self.text_encoder.model.layers
-        last = len(layers) + self.hidden_layer  # index of the layer whose output is wanted
-        if not 0 <= last < len(layers):
-            raise ValueError(f"hidden layer {self.hidden_layer} is out of range for {len(layers)} layers")
+        last = len(layers) + hidden_layer  # index of the layer whose output is wanted
+        if not (0 <= last < len(layers) and hidden_layer <= -2):
+            raise SettingsError(f"text hidden layer {hidden_layer} is out of range: this encoder has "
+                                f"{len(layers)} layers (use -2 to -{len(layers)})")
 
         def stop(_module, _inputs, output):
             raise _EarlyExit(output[0] if isinstance(output, tuple) else output)

@@ -47,7 +47,7 @@ def make_transformer(seed=0, twinflow=False, **kw):
     return model.eval()
 
 
-def make_text_encoder(seed=1, hidden=32, layers=2, heads=2, kv_heads=1, vocab=len(SPECIALS) + 256):
+def make_text_encoder(seed=1, hidden=32, layers=3, heads=2, kv_heads=1, vocab=len(SPECIALS) + 256):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     config = Qwen3Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2,
