@@ -80,5 +80,5 @@ def enhance(encoder, prompt: str, seed: int, thinking: bool = False, max_new_tok
     raw = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=False)  # keep <think> to strip it whole
     text = strip_thinking(re.sub(r"<\|[^|>]*\|>", "", raw))
     if not text:
-        raise UserError("the enhancer wrote no prompt (it only thought): try another seed or turn thinking off")
+        raise UserError("the enhancer wrote no usable prompt: try another seed, or turn its thinking off")
     return fit_budget(encoder, text)

@@ -1,0 +1,99 @@
+"""Enhancer benchmark: tokens per second on the small benchmark encoder, and resident memory with the
+enhancer vs conditioning only (target: at most 5% more, i.e. the KV cache; no second copy of the weights).
+
+Prints a table and one JSON line. Run: python benchmarks/bench_enhancer.py [--device cpu|cuda] [--tokens 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def write_encoder(folder: Path) -> Path:
+    from safetensors.torch import save_file
+
+    from models.z_image import tiny
+
+    model = tiny.make_text_encoder(hidden=1024, layers=8, heads=8, kv_heads=4, vocab=32000)
+    save_file(tiny.state_dict_for_file(model), str(folder / "te.safetensors"))
+    return folder / "te.safetensors"
+
+
+def probe(mode: str, device: str, tokens: int, path: str) -> dict:
+    """Child process: load the encoder, condition (and enhance); report peak memory growth."""
+    import resource
+    import time
+
+    import torch
+    from transformers import Qwen3ForCausalLM  # noqa: F401  (imports are not what is measured)
+
+    from core.errors import UserError
+    from models.z_image import loader, tiny
+    from models.z_image.enhancer import enhance
+    from models.z_image.text import PromptEncoder
+
+    tok = tiny.make_tokenizer()
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    te = loader.load_text_encoder(Path(path), torch.float32).to(device)
+    sum(float(p.sum()) for p in te.parameters())  # all weights resident, as on a GPU, in both modes
+    enc = PromptEncoder(te, tok)
+    enc.encode(["a lighthouse on a cliff at dusk"])
+    after_conditioning = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rate = 0.0
+    if mode == "enhance":
+        rates = []
+        t0 = time.perf_counter()
+        try:
+            enhance(enc, "a lighthouse on a cliff at dusk", seed=1, max_new_tokens=tokens,
+                    on_token=lambda n, r: rates.append(n))
+        except UserError:
+            pass  # random weights write no usable text; speed and memory are what is measured
+        rate = rates[-1] / (time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    weights = sum(p.numel() * p.element_size() for p in te.parameters())
+    return {"growth_kb": peak - base, "conditioning_kb": after_conditioning - base, "tokens_per_s": rate,
+            "weights_bytes": weights, "tied": te.lm_head.weight.data_ptr() == te.model.embed_tokens.weight.data_ptr()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tokens", type=int, default=200)
+    args = ap.parse_args()
+    import tempfile
+
+    path = write_encoder(Path(tempfile.mkdtemp()))
+    runs = {}
+    for mode in ("condition", "enhance"):
+        out = subprocess.run([sys.executable, __file__, "--probe", mode, args.device, str(args.tokens), str(path)],
+                             capture_output=True, text=True, check=True)
+        runs[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    cond, enh = runs["condition"]["growth_kb"], runs["enhance"]["growth_kb"]
+    ratio = enh / cond
+    print(f"\nEnhancer benchmark: Qwen3-shaped encoder (1024 wide, 8 layers, "
+          f"{runs['enhance']['weights_bytes'] / 2**20:.0f} MiB of weights), {args.device}, {args.tokens} tokens\n")
+    print(f"{'measure':<52}{'value':>16}{'target':>12}")
+    print(f"{'enhancer speed':<52}{runs['enhance']['tokens_per_s']:>12.1f} t/s{'':>12}")
+    print(f"{'peak memory growth, conditioning only':<52}{cond / 1024:>12.1f} MiB{'':>12}")
+    print(f"{'peak memory growth, conditioning + enhancing':<52}{enh / 1024:>12.1f} MiB{'':>12}")
+    print(f"{'enhancer / conditioning-only memory':<52}{ratio:>15.3f}x{'<= 1.05x':>12}")
+    print(f"{'output head tied to input embedding (no copy)':<52}{str(runs['enhance']['tied']):>16}{'True':>12}")
+    print(json.dumps({"bench": "enhancer", "tokens_per_s": round(runs["enhance"]["tokens_per_s"], 2),
+                      "memory_ratio": round(ratio, 4), "conditioning_mib": round(cond / 1024, 1),
+                      "enhance_mib": round(enh / 1024, 1), "tied": runs["enhance"]["tied"]}))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--probe":
+        print(json.dumps(probe(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])))
+    else:
+        main()
