@@ -77,10 +77,14 @@ class ZImageHandler:
 
     @staticmethod
     def notes(settings: GenerationSettings, arch: str) -> list[str]:
-        """Warnings about settings that will have no effect."""
+        """Warnings about settings that will have no effect, or often hurt."""
+        notes = []
         if settings.negative_prompt and not CAPABILITIES[arch].cfg:
-            return [f"the negative prompt has no effect on {arch} in this version (it needs NAG)"]
-        return []
+            notes.append(f"the negative prompt has no effect on {arch} in this version (it needs NAG)")
+        if len([x for x in settings.loras if x["strength"]]) > 1 and not CAPABILITIES[arch].cfg:
+            notes.append("stacking several LoRAs on a distilled (Turbo) model often degrades images: "
+                         "lower their strengths if it does")
+        return notes
 
     # ---- files -------------------------------------------------------------------------------
 
@@ -162,6 +166,20 @@ class ZImageHandler:
         encoder = PromptEncoder(text_encoder.to(device), tokenizer)
         return ZImageModel(model_def.type, transformer.to(device), encoder, vae.to(device), dtype, device,
                            {k: str(v) for k, v in paths.items()})
+
+    @staticmethod
+    def apply_loras(model, files) -> list[str]:
+        """Attach exactly these LoRA files (core.lora.library.LoraFile) to a loaded model; returns warnings."""
+        from models.z_image.lora import apply_loras
+
+        return apply_loras(model, files)
+
+    @staticmethod
+    def describe_lora(path) -> str:
+        """One line about a LoRA file, from its header only (for listings)."""
+        from models.z_image.lora import describe_file
+
+        return describe_file(path)
 
     @staticmethod
     def generate(model, settings: GenerationSettings, callback=None):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from core.lora.apply import scheduled
 from core.samplers import SAMPLERS
 from core.schedules import shifted_simple
 from core.settings import GenerationSettings
@@ -30,6 +31,7 @@ class ZImageModel:
     device: torch.device
     files: dict = field(default_factory=dict)
     passes: int = 0  # transformer forward passes, for the benchmark and tests
+    loras: object = None  # core.lora.apply.LoraStack once a LoRA was attached (models/z_image/lora.py)
 
 
 @dataclass
@@ -104,7 +106,7 @@ def generate(model: ZImageModel, settings: GenerationSettings, callback=None) ->
     cond, uncond = feats[0], (feats[1] if cfg else None)
     sampler, _ = SAMPLERS[settings.sampler]
     sigmas = shifted_simple(settings.num_inference_steps, settings.flow_shift).to(model.device)
-    model_fn = make_model_fn(model, settings, cond, uncond)
+    model_fn = scheduled(make_model_fn(model, settings, cond, uncond), model.loras, settings.loras, sigmas)
     results = []
     for run in range(settings.count):
         seed = settings.seed + run
