@@ -28,8 +28,9 @@ def _smallest_factor(n: int) -> int:
 class LoraWriter:
     """Random factors for some Linear modules, written in one key style; `expected` holds the deltas."""
 
-    def __init__(self, linears: dict, seed: int = 0, rank: int = 4, magnitude: float = 0.3):
+    def __init__(self, linears: dict, seed: int = 0, rank: int = 4, magnitude: float = 0.3, dtype=torch.float32):
         self.linears = linears
+        self.dtype = dtype  # the file's dtype; factors are rounded to it, so `expected` is exact
         self.gen = torch.Generator().manual_seed(seed)
         self.rank = rank
         self.magnitude = magnitude
@@ -39,7 +40,8 @@ class LoraWriter:
         self.expected_bias: dict[str, torch.Tensor] = {}
 
     def rand(self, *shape):
-        return torch.randn(shape, generator=self.gen) * self.magnitude / max(1, shape[-1]) ** 0.25
+        t = torch.randn(shape, generator=self.gen) * self.magnitude / max(1, shape[-1]) ** 0.25
+        return t.to(self.dtype).float()
 
     def lora(self, key_stem: str, module: str, down_name=".lora_down.weight", up_name=".lora_up.weight",
              alpha: float | None = None):
@@ -85,9 +87,9 @@ class LoraWriter:
         self.tensors[key_stem + ".diff_b"] = bias = self.rand(out) * 0.2
         self.expected[module], self.expected_bias[module] = delta, bias
 
-    def save(self, path, dtype=torch.float32):
+    def save(self, path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.to(dtype).contiguous() for k, v in self.tensors.items()}, str(path),
+        save_file({k: v.to(self.dtype).contiguous() for k, v in self.tensors.items()}, str(path),
                   metadata=self.metadata or None)
         return path
 

@@ -96,7 +96,7 @@ def _skipped_warning(name: str, plan, total: int) -> str:
     for why, keys in by_reason.items():
         shown = ", ".join(keys[:SHOWN]) + (f", ... (+{len(keys) - SHOWN})" if len(keys) > SHOWN else "")
         parts.append(f"{why}: {shown}")
-    return (f"LoRA {name}: {len(plan.skipped)} of {total} tensors not applied ({plan.modules} layers are): "
+    return (f"LoRA {name}: {len(plan.skipped)} of {total} tensors not applied ({plan.modules} layer(s) applied): "
             + "; ".join(parts))
 
 
