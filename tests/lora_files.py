@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 # diffusers name -> original/ComfyUI name (the test's own inverse of models/z_image/keys.py)
 ORIGINAL = [(".attention.to_out.0", ".attention.out"), ("all_x_embedder.2-1", "x_embedder"),
             ("all_final_layer.2-1.", "final_layer.")]
-STYLES = ("peft", "peft_metadata", "aitoolkit", "comfyui", "comfyui_model_prefix", "kohya", "kohya_fused",
+STYLES = ("peft", "peft_metadata", "aitoolkit", "diffsynth", "comfyui", "comfyui_model_prefix", "kohya", "kohya_fused",
           "dotted", "lokr", "loha", "full")
 
 
@@ -105,6 +105,8 @@ def write_style(path, linears: dict, style: str, seed: int = 0, modules=None) ->
             w.lora(f"transformer.{m}", m, ".lora_A.weight", ".lora_B.weight")
         elif style == "peft_metadata":
             w.lora(f"transformer.{m}", m, ".lora_A.weight", ".lora_B.weight")
+        elif style == "diffsynth":  # no prefix, PEFT's adapter name left in
+            w.lora(m, m, ".lora_A.default.weight", ".lora_B.default.weight")
         elif style == "aitoolkit":
             w.lora(f"diffusion_model.{m}", m, ".lora_A.weight", ".lora_B.weight")
         elif style == "comfyui":

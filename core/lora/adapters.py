@@ -27,6 +27,10 @@ class Adapter:
         self.device, self.dtype = first.device, first.dtype
         return self
 
+    def add(self, out, x, strength: float):
+        """out + this adapter's contribution for input x (a new tensor; `out` is left as it is)."""
+        return out + self(x, strength).to(out.dtype)
+
 
 class LowRank(Adapter):
     """up [out, r] @ down [r, in] * scale (+ bias [out]): LoRA, and LoHa rewritten exactly as a low-rank sum."""
@@ -37,6 +41,14 @@ class LowRank(Adapter):
     def __call__(self, x, strength: float):
         h = F.linear(x, self.down) * (strength * self.scale)  # scale the narrow [..., r] tensor
         y = F.linear(h, self.up)
+        return y if self.bias is None else y + self.bias * strength
+
+    def add(self, out, x, strength: float):
+        """out + s * scale * (x @ down^T) @ up^T in two kernels: the up-projection, scaling and sum are one addmm."""
+        if out.dtype != self.dtype or not out.is_contiguous():
+            return out + self(x, strength).to(out.dtype)
+        h = F.linear(x, self.down).reshape(-1, self.down.shape[0])
+        y = torch.addmm(out.reshape(-1, out.shape[-1]), h, self.up.T, alpha=strength * self.scale).view(out.shape)
         return y if self.bias is None else y + self.bias * strength
 
     def dense(self):

@@ -94,8 +94,7 @@ class LoraStack:
                     continue  # strength 0 is exactly no LoRA
                 if adapter.device != x.device:  # the layer was moved (offloading): follow it once
                     adapter.to(x.device)
-                delta = adapter(x if x.dtype == adapter.dtype else x.to(adapter.dtype), s)
-                output = output + (delta if delta.dtype == output.dtype else delta.to(output.dtype))
+                output = adapter.add(output, x if x.dtype == adapter.dtype else x.to(adapter.dtype), s)
             return output
 
         return add_deltas

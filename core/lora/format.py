@@ -24,11 +24,9 @@ SUFFIXES = {
     ".diff": "diff", ".diff_b": "diff_b",
 }
 _BY_LENGTH = sorted(SUFFIXES, key=len, reverse=True)
-UNSUPPORTED_ROLES = {
-    "mid": "Tucker-decomposed (LoCon conv) layers are not supported",
-    "t1": "Tucker-decomposed (conv) layers are not supported", "t2": "Tucker-decomposed (conv) layers are not supported",
-    "dora_scale": "DoRA is not supported: this layer is left out",
-}
+_TUCKER = "Tucker-decomposed (conv) layers are not supported"
+UNSUPPORTED_ROLES = {"mid": _TUCKER, "t1": _TUCKER, "t2": _TUCKER,
+                     "dora_scale": "DoRA is not supported: this layer is left out"}
 KIND_NAMES = {"lora": "LoRA", "lokr": "LyCORIS LoKr", "loha": "LyCORIS LoHa", "full": "full delta"}
 
 
