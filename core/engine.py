@@ -59,7 +59,7 @@ class Engine:
         handler = self.registry.handler(settings.model_type)
         handler.validate(settings, model_def.architecture)
         self.lora_library(settings.model_type).resolve_all(settings.loras)  # names, before loading anything
-        return handler.notes(settings, model_def.architecture)
+        return handler.notes(settings, model_def.architecture) + handler.lora_notes(settings, model_def.architecture)
 
     def lora_library(self, model_type: str):
         """The LoRA folder of a model type's family (core.lora.library.LoraLibrary)."""

@@ -28,7 +28,7 @@ class Adapter:
         return self
 
     def add(self, out, x, strength: float):
-        """out + this adapter's contribution for input x (a new tensor; `out` is left as it is)."""
+        """out (the layer's output for input x) plus this adapter's contribution."""
         return out + self(x, strength).to(out.dtype)
 
 
@@ -44,12 +44,13 @@ class LowRank(Adapter):
         return y if self.bias is None else y + self.bias * strength
 
     def add(self, out, x, strength: float):
-        """out + s * scale * (x @ down^T) @ up^T in two kernels: the up-projection, scaling and sum are one addmm."""
-        if out.dtype != self.dtype or not out.is_contiguous():
-            return out + self(x, strength).to(out.dtype)
+        """out += s * scale * (x @ down^T) @ up^T in two kernels, in place: the layer's output is a fresh tensor,
+        and a new one of its size costs as much as the LoRA itself (memory-bound at low rank)."""
+        if type(out) is not torch.Tensor or out.dtype != self.dtype or not out.is_contiguous() or out.requires_grad:
+            return super().add(out, x, strength)
         h = F.linear(x, self.down).reshape(-1, self.down.shape[0])
-        y = torch.addmm(out.reshape(-1, out.shape[-1]), h, self.up.T, alpha=strength * self.scale).view(out.shape)
-        return y if self.bias is None else y + self.bias * strength
+        out.view(-1, out.shape[-1]).addmm_(h, self.up.T, alpha=strength * self.scale)
+        return out if self.bias is None else out.add_(self.bias, alpha=strength)
 
     def dense(self):
         return self.up @ self.down * self.scale

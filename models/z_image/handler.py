@@ -77,14 +77,10 @@ class ZImageHandler:
 
     @staticmethod
     def notes(settings: GenerationSettings, arch: str) -> list[str]:
-        """Warnings about settings that will have no effect, or often hurt."""
-        notes = []
+        """Warnings about settings that will have no effect."""
         if settings.negative_prompt and not CAPABILITIES[arch].cfg:
-            notes.append(f"the negative prompt has no effect on {arch} in this version (it needs NAG)")
-        if len([x for x in settings.loras if x["strength"]]) > 1 and not CAPABILITIES[arch].cfg:
-            notes.append("stacking several LoRAs on a distilled (Turbo) model often degrades images: "
-                         "lower their strengths if it does")
-        return notes
+            return [f"the negative prompt has no effect on {arch} in this version (it needs NAG)"]
+        return []
 
     # ---- files -------------------------------------------------------------------------------
 
@@ -166,6 +162,14 @@ class ZImageHandler:
         encoder = PromptEncoder(text_encoder.to(device), tokenizer)
         return ZImageModel(model_def.type, transformer.to(device), encoder, vae.to(device), dtype, device,
                            {k: str(v) for k, v in paths.items()})
+
+    @staticmethod
+    def lora_notes(settings: GenerationSettings, arch: str) -> list[str]:
+        """A reminder when several LoRAs are stacked on a distilled model (a known trait of Turbo)."""
+        if len([x for x in settings.loras if x["strength"]]) > 1 and not CAPABILITIES[arch].cfg:
+            return ["stacking several LoRAs on a distilled (Turbo) model often degrades images: "
+                    "lower their strengths if it does"]
+        return []
 
     @staticmethod
     def apply_loras(model, files) -> list[str]:
