@@ -50,6 +50,10 @@ def test_layer_given_twice_is_applied_once(linears, tmp_path):
     skipped = {k for k, why in plan.skipped if why.startswith("duplicate of")}
     assert "diffusion_model.layers.0.attention.qkv.lora_down.weight" in skipped
     assert "diffusion_model.layers.0.attention.out.lora_up.weight" in skipped
+    kohya = write_style(tmp_path / "c.safetensors", linears, "kohya", modules=mods)
+    kohya_fused = write_style(tmp_path / "d.safetensors", linears, "kohya_fused", modules=mods)
+    plan = LK.plan({**shapes_of(kohya), **shapes_of(kohya_fused)}, linears)
+    assert sorted(e.group.stem for e in plan.entries) == sorted(f"lora_unet_{m.replace('.', '_')}" for m in mods)
 
 
 def test_unmatched_keys_come_with_reasons(linears):

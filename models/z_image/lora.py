@@ -84,8 +84,11 @@ def _nothing_fits(tensors, plan) -> str:
         if K.find_transformer(tensors):
             return "this is a whole Z-Image model, not a LoRA: name it in a model JSON instead"
         return foreign or "no LoRA tensors in this file (lora_A/lora_B, lora_down/lora_up, LoKr or LoHa)"
-    reasons = sorted({why for _, why in plan.skipped})
-    return "none of its layers fits this model: " + "; ".join(reasons[:3])
+    by_reason: dict[str, str] = {}
+    for key, why in plan.skipped:
+        by_reason.setdefault(why, key)
+    return "none of its layers fits this Z-Image model: " + "; ".join(
+        f"{key}: {why}" for why, key in list(by_reason.items())[:3])
 
 
 def _skipped_warning(name: str, plan, total: int) -> str:

@@ -132,8 +132,8 @@ def plan(shapes: dict, linears: dict) -> LoraPlan:
         else:
             candidates.append(Entry(group, *found))
     # A file may hold a layer twice (fused qkv beside to_q/k/v, `out` beside `to_out.0`): the diffusers
-    # spelling wins; applying both would double the effect.
-    candidates.sort(key=lambda e: (e.source not in linears, e.group.stem))
+    # spelling wins, then other single-layer spellings; applying both would double the effect.
+    candidates.sort(key=lambda e: (_spelling_rank(e), e.group.stem))
     claimed: dict[str, str] = {}
     for entry in candidates:
         taken = [claimed[t.module] for t in entry.targets if t.module in claimed]
@@ -145,6 +145,13 @@ def plan(shapes: dict, linears: dict) -> LoraPlan:
         result.entries.append(entry)
     result.entries.sort(key=lambda e: e.group.stem)
     return result
+
+
+def _spelling_rank(entry: Entry) -> int:
+    """0: diffusers name (dots or underscores), 1: original name, 2: fused qkv."""
+    if len(entry.targets) > 1:
+        return 2
+    return 0 if canonical(entry.source) == canonical(entry.targets[0].module) else 1
 
 
 def _why_unmatched(stem: str) -> str:
