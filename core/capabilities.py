@@ -15,5 +15,6 @@ class Capabilities:
     shift: bool = True  # flow shift applies
     step_range: tuple[int, int] = (1, 200)  # what the UI offers
     samplers: tuple[str, ...] = ("euler",)
+    loras: bool = True  # LoRAs from the family's LoRA folder (strength, per-step schedule, presets)
     available: bool = True  # False: defined but its generation arrives in a later version
     notes: tuple[str, ...] = field(default_factory=tuple)

@@ -66,6 +66,14 @@ def generate_options(p: argparse.ArgumentParser) -> None:
                                                        "(0 = off; try 0.5-2 for more varied Turbo seeds)")
     p.add_argument("--seed-variance-fraction", type=float, help="share of embedding values given noise (0-1)")
     p.add_argument("--seed-variance-steps", type=float, help="share of the steps with the noise (0-1)")
+    lora_options(p)
+
+
+def lora_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lora", action="append", metavar="NAME[:STRENGTH]",
+                   help="a LoRA from the LoRA folder (path inside it), strength -2..2 (default 1); "
+                        "NAME:1.0,0.5 spreads per-step strengths over the steps; repeatable")
+    p.add_argument("--lora-preset", metavar="PRESET", help="the LoRAs (and prompt snippet) of a saved preset")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     enh = sub.add_parser("enhance", parents=[common], help="print the enhancer's rewrite of --prompt (no image)")
     generate_options(enh)
     sub.add_parser("models", parents=[common], help="list model types and whether their files are present")
+    loras = sub.add_parser("loras", parents=[common], help="list the LoRA folder and presets; save a preset")
+    lora_options(loras)
+    loras.add_argument("--save-preset", metavar="PRESET", help="save the --lora/--lora-preset set under this name")
+    loras.add_argument("--preset-prompt", default="", metavar="TEXT", help="prompt snippet stored with the preset")
+    loras.add_argument("--overwrite", action="store_true", help="replace a preset of the same name")
     show = sub.add_parser("settings", parents=[common], help="print the settings stored in a PNG")
     show.add_argument("png")
     tiny = sub.add_parser("make-test-model", parents=[common],
@@ -98,6 +111,7 @@ def main(argv=None) -> int:
 
             return ui_options.launch(args)
         return {"generate": cmd_generate, "enhance": cmd_enhance, "models": cmd_models, "settings": cmd_settings,
+                "loras": cmd_loras,
                 "make-test-model": cmd_make_test_model}[args.command](args)
     except (SettingsError, ModelDefinitionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -126,7 +140,8 @@ def make_engine(args):
             if not Path(path).exists():
                 raise UserError(f"--{flag.replace('_', '-')} {path}: no such file or folder")
             overrides[field] = str(Path(path).resolve())
-    return Engine(registry, locator, args.dtype, args.device, overrides)
+    lora_dirs = {h.family: h.lora_dir(args) for h in set(registry.handlers.values())}
+    return Engine(registry, locator, args.dtype, args.device, overrides, lora_dirs)
 
 
 SETTING_FLAGS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "cfg_truncation",
@@ -140,17 +155,48 @@ def settings_from_args(engine, args):
     overrides = {k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k) is not None}
     if args.aspect and not (args.width or args.height):
         overrides["width"], overrides["height"] = size_presets(args.megapixels)[args.aspect]
-    base = {}
+    base, record = {}, {}
     if args.settings_from:
         from core.outputs import read_png_settings
 
-        png_settings, _ = read_png_settings(args.settings_from)
+        png_settings, record = read_png_settings(args.settings_from)
         base = png_settings.to_dict()
     model_type = args.model or base.get("model_type") or "z_image"
     if base and base["model_type"] != model_type:
         base = {}  # another model's settings: keep only what the user typed
     base.pop("model_type", None)
+    library = engine.lora_library(model_type)
+    loras, snippet = loras_from_args(args, library.folder)
+    if loras is not None:
+        overrides["loras"] = loras
+    elif base.get("loras"):
+        base["loras"], notes = library.restore(base["loras"], record.get("loras") or [])
+        for note in notes:
+            print(f"warning: {note}", file=sys.stderr)
+    if snippet:
+        from core.lora.presets import with_snippet
+
+        overrides["prompt"] = with_snippet(overrides.get("prompt", base.get("prompt", "")), snippet)
     return engine.settings_for(model_type, **{**base, **overrides})
+
+
+def loras_from_args(args, lora_folder) -> tuple[list | None, str]:
+    """(--lora-preset's entries, then --lora's (which win by name); None when neither is given), snippet."""
+    from core.settings import normalize_loras, parse_lora_arg
+
+    if not args.lora and not args.lora_preset:
+        return None, ""
+    items, snippet = {}, ""
+    if args.lora_preset:
+        from core.lora.presets import load_preset
+
+        preset = load_preset(lora_folder, args.lora_preset)
+        items = {x["name"]: x for x in preset["loras"]}
+        snippet = preset["prompt"]
+    for text in args.lora or []:
+        item = parse_lora_arg(text)
+        items[item["name"]] = item
+    return normalize_loras(list(items.values())), snippet
 
 
 def cmd_generate(args) -> int:
@@ -160,6 +206,8 @@ def cmd_generate(args) -> int:
         raise SettingsError("--prompt is required (or --settings-from a PNG)")
     for note in engine.check(settings):
         print(f"note: {note}", file=sys.stderr)
+    for warning in engine.apply_loras(settings):
+        print(f"warning: {warning}", file=sys.stderr)
     results = engine.generate(settings, callback=_progress(settings), on_token=_token_progress)
     print(file=sys.stderr)
     if results and results[0].settings.original_prompt:
@@ -206,6 +254,33 @@ def cmd_models(args) -> int:
                 print(f"    {status.component:<13} {where}")
         except UserError as exc:
             print(f"    problem: {exc}")
+    return 0
+
+
+def cmd_loras(args) -> int:
+    """List the LoRA folder (with how each file fits Z-Image) and presets, or save a preset."""
+    from core.lora import presets
+
+    engine = make_engine(args)
+    model_type = "z_image"
+    library = engine.lora_library(model_type)
+    if args.save_preset:
+        loras, snippet = loras_from_args(args, library.folder)
+        if not loras:
+            raise SettingsError("--save-preset needs the LoRAs to save: give --lora NAME:STRENGTH (repeatable)")
+        library.resolve_all(loras)
+        path = presets.save_preset(library.folder, args.save_preset, loras, args.preset_prompt or snippet,
+                                   overwrite=args.overwrite)
+        print(f"saved preset {args.save_preset}: {path}")
+        return 0
+    handler = engine.registry.handler(model_type)
+    files = library.scan()
+    print(f"LoRA folder {library.folder}: {len(files)} file(s)")
+    for f in files:
+        print(f"  {f.name}\t{human_size(f.size)}\t{handler.describe_lora(f.path)}")
+    names = presets.list_presets(library.folder)
+    if names:
+        print(f"presets: {', '.join(names)}")
     return 0
 
 

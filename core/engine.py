@@ -41,7 +41,7 @@ class Engine:
     """Holds at most one loaded model type; loads on demand, generates, saves."""
 
     def __init__(self, registry: Registry, locator: FileLocator, dtype: str | None = None,
-                 device: str | None = None, overrides: dict | None = None):
+                 device: str | None = None, overrides: dict | None = None, lora_dirs: dict | None = None):
         self.registry = registry
         self.locator = locator
         self.device = pick_device(device)
@@ -49,6 +49,8 @@ class Engine:
         self.overrides = dict(overrides or {})  # model JSON component field -> path, for every type
         self.model = None
         self._loaded_key = None
+        self.lora_dirs = dict(lora_dirs or {})  # family -> folder (default: the handler's)
+        self._libraries: dict = {}
 
     def set_overrides(self, overrides: dict) -> None:
         """Swap components (e.g. {"text_encoder_URLs": path, "vae_URLs": path}); reloads on next use."""
@@ -63,7 +65,24 @@ class Engine:
         model_def = self.registry.get(settings.model_type)
         handler = self.registry.handler(settings.model_type)
         handler.validate(settings, model_def.architecture)
-        return handler.notes(settings, model_def.architecture)
+        self.lora_library(settings.model_type).resolve_all(settings.loras)  # names, before loading anything
+        return handler.notes(settings, model_def.architecture) + handler.lora_notes(settings, model_def.architecture)
+
+    def lora_library(self, model_type: str):
+        """The LoRA folder of a model type's family (core.lora.library.LoraLibrary)."""
+        from core.lora.library import LoraLibrary
+
+        handler = self.registry.handler(model_type)
+        folder = self.lora_dirs.get(handler.family) or handler.lora_dir()
+        if folder not in self._libraries:
+            self._libraries[folder] = LoraLibrary(folder)
+        return self._libraries[folder]
+
+    def apply_loras(self, settings: GenerationSettings) -> list[str]:
+        """Load the model, attach exactly the settings' LoRAs; returns warnings (e.g. keys not applied)."""
+        model = self.load(settings.model_type)
+        files = self.lora_library(settings.model_type).resolve_all(settings.loras)
+        return self.registry.handler(settings.model_type).apply_loras(model, files)
 
     def load(self, model_type: str):
         key = (model_type, tuple(sorted(self.overrides.items())))
@@ -104,14 +123,15 @@ class Engine:
         model = self.load(settings.model_type)
         if settings.enhance and not settings.original_prompt:
             settings = self.enhance(settings, on_token)
+        self.apply_loras(settings)
         return self.registry.handler(settings.model_type).generate(model, settings, callback)
 
     def preview(self, latents):
         """A cheap picture of in-progress latents from the loaded model."""
         return self.registry.handler(self.model.model_type).preview(self.model, latents)
 
-    def record(self, batch_index: int) -> dict:
-        """What the PNG keeps besides the settings: files, precision and versions."""
+    def record(self, batch_index: int, settings: GenerationSettings | None = None) -> dict:
+        """What the PNG keeps besides the settings: files, LoRA fingerprints, precision and versions."""
         import diffusers
         import torch
         import transformers
@@ -119,6 +139,7 @@ class Engine:
         return {
             "app": f"{APP_NAME} {APP_VERSION}", "batch_index": batch_index,
             "files": {k: Path(v).name for k, v in self.model.files.items()},
+            "loras": self.lora_library(settings.model_type).record(settings.loras) if settings else [],
             "dtype": str(self.dtype).replace("torch.", ""), "device": self.device.type,
             "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                          "transformers": transformers.__version__, "python": platform.python_version()},
@@ -131,4 +152,5 @@ class Engine:
             targets = [folder / f"{stem}_{i + 1}.png" for i in range(len(results))]
         else:
             targets = [output] * len(results)
-        return [save_png(r.image, r.settings, self.record(r.batch_index), t) for r, t in zip(results, targets)]
+        return [save_png(r.image, r.settings, self.record(r.batch_index, r.settings), t)
+                for r, t in zip(results, targets)]

@@ -12,6 +12,8 @@ from core.errors import SettingsError
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 256, 4096, 16
 MAX_STEPS = 200
 MAX_SEED = 2**63 - 1
+LORA_STRENGTH_RANGE = (-2.0, 2.0)  # slider LoRAs go negative
+MAX_LORAS = 16
 ASPECT_RATIOS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9", "9:21")
 
 
@@ -33,7 +35,8 @@ class GenerationSettings:
     height: int = 1024
     batch_size: int = 1  # images in one pass
     count: int = 1  # runs, with successive seeds
-    loras: list = field(default_factory=list)  # [{"name": str, "strength": float}], applied by the LoRA issue
+    # [{"name": path inside the LoRA folder, "strength": float, "schedule": [float, ...] or None}]; see lora_item()
+    loras: list = field(default_factory=list)
     enhance: bool = False  # rewrite the prompt with the text encoder before generating
     enhance_thinking: bool = False  # let the enhancer think first (slower; the thinking is dropped)
     original_prompt: str = ""  # the user's prompt when `prompt` holds the enhancer's rewrite
@@ -61,8 +64,7 @@ class GenerationSettings:
         _check_float(self.cfg_normalization, "CFG normalization", 0.0, 100.0)
         if not isinstance(self.sampler, str) or not self.sampler:
             raise SettingsError("sampler must be a name such as 'euler'")
-        if not isinstance(self.loras, list):
-            raise SettingsError("loras must be a list")
+        self.loras = normalize_loras(self.loras)
         for flag in ("enhance", "enhance_thinking"):
             if not isinstance(getattr(self, flag), bool):
                 raise SettingsError(f"{flag} must be true or false")
@@ -142,3 +144,81 @@ def _check_float(value, name, lo, hi):
         raise SettingsError(f"{name} must be a number, got {value!r}")
     if not lo <= value <= hi:
         raise SettingsError(f"{name} {value} is out of range ({lo} to {hi})")
+
+
+# ---- LoRA items ---------------------------------------------------------------------------------
+
+def lora_item(name: str, strength: float = 1.0, schedule=None) -> dict:
+    """One entry of `loras`. `schedule` (optional): per-step multipliers of `strength`, spread evenly over the
+    steps ("1.0,0.5" on 8 steps: full strength for steps 1-4, half for 5-8)."""
+    return normalize_loras([{"name": name, "strength": strength, "schedule": schedule}])[0]
+
+
+def normalize_loras(items) -> list[dict]:
+    """Validated items in their canonical form (a schedule given as text becomes a list of numbers)."""
+    if not isinstance(items, (list, tuple)):
+        raise SettingsError("loras must be a list of {name, strength, schedule} entries")
+    if len(items) > MAX_LORAS:
+        raise SettingsError(f"{len(items)} LoRAs given; at most {MAX_LORAS} at once")
+    out, seen = [], set()
+    lo, hi = LORA_STRENGTH_RANGE
+    for item in items:
+        if not isinstance(item, dict) or "name" not in item:
+            raise SettingsError(f"a LoRA entry must be {{'name': ..., 'strength': ...}}, got {item!r}")
+        unknown = sorted(set(item) - {"name", "strength", "schedule"})
+        if unknown:
+            raise SettingsError(f"LoRA entry {item.get('name')!r}: unknown field(s) {', '.join(unknown)}")
+        name = item["name"]
+        if not isinstance(name, str) or not name.strip():
+            raise SettingsError(f"a LoRA name must be a file name inside the LoRA folder, got {name!r}")
+        if name in seen:
+            raise SettingsError(f"LoRA {name!r} is listed twice: give it once, with the summed strength")
+        seen.add(name)
+        strength = item.get("strength", 1.0)
+        _check_float(strength, f"strength of LoRA {name!r}", lo, hi)
+        schedule = parse_schedule(item.get("schedule"), name)
+        out.append({"name": name, "strength": float(strength), "schedule": schedule})
+    return out
+
+
+def parse_schedule(value, name: str = "") -> list[float] | None:
+    """None, "1.0,0.5" or [1.0, 0.5] -> None or a list of multipliers (each in the strength range)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    what = f"schedule of LoRA {name!r}"
+    if isinstance(value, str):
+        try:
+            value = [float(v) for v in value.replace(" ", "").split(",")]
+        except ValueError:
+            raise SettingsError(f"{what} {value!r} is not comma-separated numbers, e.g. 1.0,0.5") from None
+    if not isinstance(value, (list, tuple)) or not value or len(value) > MAX_STEPS:
+        raise SettingsError(f"{what} must be 1 to {MAX_STEPS} numbers, e.g. 1.0,0.5")
+    for v in value:
+        _check_float(v, what, *LORA_STRENGTH_RANGE)
+    return [float(v) for v in value]
+
+
+def parse_lora_arg(text: str) -> dict:
+    """The command line's NAME, NAME:STRENGTH or NAME:M1,M2,... (a per-step schedule at strength 1)."""
+    name, sep, value = str(text).rpartition(":")
+    if not sep or not name or "," not in value and not _is_number(value):
+        return lora_item(str(text))  # no strength given (or a name holding a colon)
+    if "," in value:
+        return lora_item(name, 1.0, value)
+    return lora_item(name, float(value))
+
+
+def lora_strength_at(item: dict, step: int, steps: int) -> float:
+    """The strength of a LoRA entry at step `step` (0-based) of `steps`."""
+    schedule = item.get("schedule")
+    if not schedule:
+        return item["strength"]
+    return item["strength"] * schedule[min(len(schedule) - 1, step * len(schedule) // max(1, steps))]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False

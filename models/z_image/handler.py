@@ -181,6 +181,28 @@ class ZImageHandler:
         return enhance(model.encoder, prompt, seed, thinking, on_token=on_token)
 
     @staticmethod
+    def lora_notes(settings: GenerationSettings, arch: str) -> list[str]:
+        """A reminder when several LoRAs are stacked on a distilled model (a known trait of Turbo)."""
+        if len([x for x in settings.loras if x["strength"]]) > 1 and not CAPABILITIES[arch].cfg:
+            return ["stacking several LoRAs on a distilled (Turbo) model often degrades images: "
+                    "lower their strengths if it does"]
+        return []
+
+    @staticmethod
+    def apply_loras(model, files) -> list[str]:
+        """Attach exactly these LoRA files (core.lora.library.LoraFile) to a loaded model; returns warnings."""
+        from models.z_image.lora import apply_loras
+
+        return apply_loras(model, files)
+
+    @staticmethod
+    def describe_lora(path) -> str:
+        """One line about a LoRA file, from its header only (for listings)."""
+        from models.z_image.lora import describe_file
+
+        return describe_file(path)
+
+    @staticmethod
     def generate(model, settings: GenerationSettings, callback=None):
         from models.z_image.pipeline import generate
 

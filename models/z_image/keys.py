@@ -99,10 +99,16 @@ def transformer_plan(shapes: dict, prefix: str, style: str) -> dict:
             if name.endswith(".attention.qkv.weight"):
                 plan.update(_split_qkv(src, name, shape[0], dim))
                 continue
-            for pattern, repl in _RENAMES:
-                name = pattern.sub(repl, name)
+            name = original_to_diffusers(name)
         plan[name] = (src, None)
     return plan
+
+
+def original_to_diffusers(name: str) -> str:
+    """An original/ComfyUI tensor name -> its diffusers name (fused qkv aside)."""
+    for pattern, repl in _RENAMES:
+        name = pattern.sub(repl, name)
+    return name
 
 
 def _split_qkv(src: str, name: str, rows: int, dim: int) -> dict:

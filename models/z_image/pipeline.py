@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from core.lora.apply import scheduled
 from core.samplers import SAMPLERS
 from core.schedules import shifted_simple, step_index
 from core.settings import GenerationSettings
@@ -31,6 +32,7 @@ class ZImageModel:
     files: dict = field(default_factory=dict)
     passes: int = 0  # transformer forward passes, for the benchmark and tests
     preview_projection: torch.Tensor | None = None  # latent -> RGB map for live previews, fitted on first use
+    loras: object = None  # core.lora.apply.LoraStack once a LoRA was attached (models/z_image/lora.py)
 
 
 @dataclass
@@ -127,6 +129,7 @@ def generate(model: ZImageModel, settings: GenerationSettings, callback=None) ->
     for run in range(settings.count):
         seed = settings.seed + run
         model_fn = make_model_fn(model, settings, varied_captions(cond, settings, seed, sigmas), uncond)
+        model_fn = scheduled(model_fn, model.loras, settings.loras, sigmas)
         x = initial_noise(settings, seed, model.transformer.config.in_channels).to(model.device)
         step_cb = (lambda i, n, lat, r=run: callback(r, i, n, lat)) if callback else None
         latents = sampler(model_fn, x, sigmas, callback=step_cb)
