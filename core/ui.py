@@ -3,6 +3,7 @@ capabilities; the UI never tests a model type's name."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -16,7 +17,8 @@ from core.errors import Interrupted, UserError
 from core.job_runner import JobRunner, StepEvent, TokenEvent
 from core.outputs import read_png_settings
 from core.settings import GenerationSettings, size_presets
-from core.ui_fields import FIELDS, coerce
+from core.lora.presets import list_presets, load_preset, save_preset
+from core.ui_fields import FIELDS, LORA_COLUMNS, coerce, loras_to_rows
 from core.ui_memory import SettingsMemory
 
 log = logging.getLogger("zimage.ui")
@@ -63,7 +65,7 @@ class AppUI:
         caps = self.caps(settings.model_type)
         updates = []
         for spec in FIELDS:
-            kw = {"value": getattr(settings, spec.name), "visible": shown(spec, caps)}
+            kw = {"value": field_value(spec, settings), "visible": shown(spec, caps)}
             if spec.bounds and spec.kind == "slider":
                 kw["minimum"], kw["maximum"] = spec.bounds(caps)
             if spec.choices:
@@ -101,12 +103,52 @@ class AppUI:
         if file is None:
             return [gr.skip()] * (2 + len(FIELDS))
         try:
-            settings, _record = read_png_settings(getattr(file, "name", file))
+            settings, record = read_png_settings(getattr(file, "name", file))
             self.engine.registry.get(settings.model_type)
+            library = self.engine.lora_library(settings.model_type)
+            loras, warnings = library.restore(settings.loras, record.get("loras") or [])
+            settings = dataclasses.replace(settings, loras=loras)
         except UserError as exc:
             raise gr.Error(str(exc)) from None
+        for warning in warnings:
+            gr.Warning(warning)
         return [gr.update(value=settings.model_type), self.describe(settings.model_type),
                 *self.field_updates(settings)]
+
+    # ---- LoRAs --------------------------------------------------------------------------------------
+
+    def lora_folder(self, model_type):
+        return self.engine.lora_library(model_type).root
+
+    def on_refresh_loras(self, model_type):
+        """Re-read the LoRA folder and presets (files added since start-up appear)."""
+        names = self.engine.lora_library(model_type).names()
+        return gr.update(choices=names, value=None), gr.update(choices=list_presets(self.lora_folder(model_type)))
+
+    def on_add_lora(self, name, rows):
+        rows = [r for r in (rows or []) if r and str(r[0] or "").strip()]
+        if name and name not in [r[0] for r in rows]:
+            rows.append([name, 1.0, ""])
+        return rows
+
+    def on_load_preset(self, model_type, name, prompt):
+        try:
+            preset = load_preset(self.lora_folder(model_type), name)
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        snippet = preset["prompt"]
+        new_prompt = prompt if not snippet or snippet in (prompt or "") else f"{prompt}, {snippet}".strip(", ")
+        return loras_to_rows(preset["loras"]), new_prompt
+
+    def on_save_preset(self, model_type, name, rows, snippet):
+        from core.ui_fields import rows_to_loras
+
+        try:
+            path = save_preset(self.lora_folder(model_type), name, rows_to_loras(rows), snippet or "", overwrite=True)
+        except (UserError, ValueError) as exc:
+            raise gr.Error(str(exc)) from None
+        gr.Info(f"Preset saved: {path.name}")
+        return gr.update(choices=list_presets(self.lora_folder(model_type)), value=name)
 
     # ---- generation ----------------------------------------------------------------------------
 
@@ -158,6 +200,8 @@ class AppUI:
                 gr.Info(note)
             progress(0, desc="Loading model (and downloading missing files)")
             self.engine.load(model_type)
+            for warning in self.engine.apply_loras(settings):
+                gr.Warning(warning)
             self.memory.remember(settings)
             yield from self._run(settings, owner, progress)
         except Interrupted:
@@ -260,6 +304,23 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
                     enhance = gr.Button("Enhance prompt", elem_id="enhance")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                with gr.Accordion("LoRAs", open=False, visible=caps.loras) as lora_panel:
+                    gr.Markdown("LoRA files live in the LoRA folder (`--lora-dir-z-image`). Stacking several "
+                                "LoRAs on Turbo often degrades images: lower their strengths if it does.")
+                    with gr.Row():
+                        lora_pick = gr.Dropdown(app.engine.lora_library(app.first).names(), label="Add a LoRA",
+                                                elem_id="lora-pick")
+                        lora_add = gr.Button("Add", size="sm")
+                        lora_refresh = gr.Button("Refresh list", size="sm")
+                    for spec in [f for f in FIELDS if f.group == "lora"]:
+                        comps[spec.name] = make_component(spec, settings, caps)
+                    with gr.Row():
+                        preset_pick = gr.Dropdown(list_presets(app.lora_folder(app.first)), label="Preset")
+                        preset_load = gr.Button("Load preset", size="sm")
+                    with gr.Row():
+                        preset_name = gr.Textbox(label="Save as preset", placeholder="name")
+                        preset_snippet = gr.Textbox(label="Prompt snippet stored with it (optional)")
+                        preset_save = gr.Button("Save preset", size="sm")
                 with gr.Accordion("Size and count", open=True):
                     preset = gr.Dropdown([CUSTOM_SIZE, *app.presets], value=CUSTOM_SIZE, label="Size preset")
                     with gr.Row():
@@ -282,6 +343,13 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
 
         private = dict(api_visibility="private")
         model.input(app.on_model, model, [about, *fields], **private)
+        model.input(lambda t: gr.update(visible=app.caps(t).loras), model, lora_panel, **private)
+        lora_refresh.click(app.on_refresh_loras, model, [lora_pick, preset_pick], **private)
+        lora_add.click(app.on_add_lora, [lora_pick, comps["loras"]], comps["loras"], **private)
+        preset_load.click(app.on_load_preset, [model, preset_pick, comps["prompt"]], [comps["loras"], comps["prompt"]],
+                          **private)
+        preset_save.click(app.on_save_preset, [model, preset_name, comps["loras"], preset_snippet], preset_pick,
+                          **private)
         preset.input(app.on_preset, preset, [comps["width"], comps["height"]], **private)
         restore.upload(app.on_restore, restore, [model, about, *fields], **private)
 
@@ -308,8 +376,11 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
 
 
 def make_component(spec, settings, caps):
-    value, visible = getattr(settings, spec.name), shown(spec, caps)
+    value, visible = field_value(spec, settings), shown(spec, caps)
     common = dict(label=spec.label, visible=visible, info=spec.info or None, elem_id=f"field-{spec.name}")
+    if spec.kind == "loras":
+        return gr.Dataframe(value=value, headers=LORA_COLUMNS, datatype=["str", "number", "str"], type="array",
+                            column_count=(3, "fixed"), interactive=True, **common)
     if spec.kind in ("text", "hidden"):
         return gr.Textbox(value=value, lines=3 if spec.name == "prompt" else 1, **common)
     if spec.kind == "slider":
@@ -320,6 +391,11 @@ def make_component(spec, settings, caps):
     if spec.kind == "dropdown":
         return gr.Dropdown(list(spec.choices(caps)), value=value, **common)
     return gr.Checkbox(value=value, **common)
+
+
+def field_value(spec, settings):
+    value = getattr(settings, spec.name)
+    return loras_to_rows(value) if spec.kind == "loras" else value
 
 
 def shown(spec, caps) -> bool:

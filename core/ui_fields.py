@@ -20,7 +20,7 @@ def always(_caps: Capabilities) -> bool:
 @dataclass(frozen=True)
 class FieldSpec:
     name: str  # a GenerationSettings field
-    kind: str  # "text" | "number" | "slider" | "dropdown" | "checkbox" | "hidden" (kept, not shown)
+    kind: str  # "text" | "number" | "slider" | "dropdown" | "checkbox" | "hidden" (kept, not shown) | "loras"
     label: str
     group: str = "main"  # "main" | "size" | "advanced"
     visible: Callable[[Capabilities], bool] = always
@@ -45,6 +45,8 @@ FIELDS = [
               step=0.1, info="0 turns CFG off; each step then costs one pass instead of two"),
     FieldSpec("flow_shift", "slider", "Shift", visible=lambda c: c.shift, bounds=lambda c: (0.5, 12), step=0.1,
               info="higher spends more steps on composition, lower on detail"),
+    FieldSpec("loras", "loras", "LoRAs (strength -2 to 2; schedule e.g. 1.0,0.5 spreads over the steps)", "lora",
+              visible=lambda c: c.loras),
     FieldSpec("width", "number", "Width", "size", bounds=lambda c: (MIN_SIDE, MAX_SIDE), step=SIDE_MULTIPLE),
     FieldSpec("height", "number", "Height", "size", bounds=lambda c: (MIN_SIDE, MAX_SIDE), step=SIDE_MULTIPLE),
     FieldSpec("batch_size", "slider", "Images per batch", "size", bounds=lambda c: (1, 8)),
@@ -67,8 +69,29 @@ FIELDS = [
 ]
 
 
+LORA_COLUMNS = ["LoRA", "strength", "schedule"]
+
+
+def loras_to_rows(loras: list[dict]) -> list[list]:
+    return [[x["name"], x["strength"], ",".join(f"{v:g}" for v in x.get("schedule") or [])] for x in loras]
+
+
+def rows_to_loras(rows) -> list[dict]:
+    """Table rows [name, strength, schedule] to `loras` items; blank names are skipped."""
+    out = []
+    for row in rows or []:
+        name = str(row[0] or "").strip() if row else ""
+        if name:
+            strength = row[1] if len(row) > 1 and row[1] not in (None, "") else 1.0
+            schedule = str(row[2]).strip() if len(row) > 2 and row[2] not in (None, "") else None
+            out.append({"name": name, "strength": float(strength), "schedule": schedule or None})
+    return out
+
+
 def coerce(spec: FieldSpec, value):
     """UI values (floats from number boxes, None from cleared boxes) to the settings field's type."""
+    if spec.kind == "loras":
+        return rows_to_loras(value)
     if value is None or value == "":
         return None
     if spec.is_int():

@@ -16,6 +16,7 @@ from gradio_client.utils import Status  # noqa: E402
 from core.outputs import read_png_settings  # noqa: E402
 from core.ui import AppUI, build_ui  # noqa: E402
 from core.ui_fields import FIELDS  # noqa: E402
+from tests.test_lora_engine import lora_engine  # noqa: E402,F401  (fixture: a LoRA folder for the tiny model)
 
 
 def free_port() -> int:
@@ -255,3 +256,30 @@ def test_auth_file_parsing(tmp_path):
     (tmp_path / "bad.txt").write_text("just a name\n")
     with pytest.raises(SettingsError, match="bad.txt line 1"):
         parse_logins(None, str(tmp_path / "bad.txt"))
+
+
+def test_lora_panel_lists_folder_and_applies_picked_loras(lora_engine, tmp_path):
+    from core.ui_fields import rows_to_loras
+
+    app = AppUI(lora_engine, tmp_path / "out", tmp_path / "mem.json")
+    choices = app.on_refresh_loras("z_image_tiny_test")[0]["choices"]
+    assert choices == ["kohya.safetensors", "sub/fused.safetensors"]
+    rows = app.on_add_lora("sub/fused.safetensors", [["", None, ""]])
+    assert rows == [["sub/fused.safetensors", 1.0, ""]]
+    assert rows_to_loras([["a.safetensors", 0.5, "1.0,0.5"], ["", 1, ""]]) == [
+        {"name": "a.safetensors", "strength": 0.5, "schedule": "1.0,0.5"}]
+
+    def run(lora_rows):
+        values = values_for(app, "z_image_tiny_test", prompt="a lantern", seed=4, num_inference_steps=2)
+        values[[f.name for f in FIELDS].index("loras")] = lora_rows
+        out = list(app.generate("z_image_tiny_test", *values, request=FakeRequest(), progress=FakeProgress()))
+        return np.asarray(Image.open(out[-1][1][0][0])), out[-1][3]
+
+    plain, _ = run([])
+    with_lora, used = run(rows)
+    assert not np.array_equal(plain, with_lora)
+    assert used["loras"][0]["name"] == "sub/fused.safetensors"
+    path = app.on_save_preset("z_image_tiny_test", "my set", rows, "lantern light")
+    assert path["value"] == "my set"
+    loaded_rows, prompt = app.on_load_preset("z_image_tiny_test", "my set", "a boat")
+    assert loaded_rows == [["sub/fused.safetensors", 1.0, ""]] and prompt == "a boat, lantern light"
