@@ -14,6 +14,7 @@ class Capabilities:
     unified_sampler: bool = False  # TwinFlow's any-step sampler
     shift: bool = True  # flow shift applies
     step_range: tuple[int, int] = (1, 200)  # what the UI offers
-    samplers: tuple[str, ...] = ("euler",)
+    samplers: tuple[str, ...] = ("euler",)  # the first is the default; core.samplers.SAMPLERS has passes per step
+    schedulers: tuple[str, ...] = ("simple",)  # core.schedules.SCHEDULES; empty: the sampler brings its own
     available: bool = True  # False: defined but its generation arrives in a later version
     notes: tuple[str, ...] = field(default_factory=tuple)
