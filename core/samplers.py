@@ -149,12 +149,13 @@ class SamplerInfo(NamedTuple):
     passes_per_step: int  # transformer passes per step (the UI says "costs two passes per step")
     label: str
     time_target: bool = False  # model_fn(x, t, target) instead of model_fn(x, sigma)
+    one_pass_last_step: bool = False  # its last step (to sigma 0) is a one-pass Euler step
 
 
 SAMPLERS = {
     "euler": SamplerInfo(sample_euler, 1, "Euler"),
     "euler_ancestral": SamplerInfo(sample_euler_ancestral, 1, "Euler ancestral (fresh noise each step)"),
-    "heun": SamplerInfo(sample_heun, 2, "Heun (2nd order)"),
+    "heun": SamplerInfo(sample_heun, 2, "Heun (2nd order)", one_pass_last_step=True),
     "ralston": SamplerInfo(sample_ralston, 2, "Ralston (2nd order)"),
     "dpmpp_2m": SamplerInfo(sample_dpmpp_2m, 1, "DPM++ 2M"),
     "twinflow": SamplerInfo(sample_twinflow, 1, "TwinFlow unified", time_target=True),
@@ -162,6 +163,6 @@ SAMPLERS = {
 
 
 def passes_per_image(name: str, steps: int) -> int:
-    """Transformer passes for one image (Heun's last step, to sigma 0, is an Euler step: one pass)."""
+    """Transformer passes for one image."""
     info = SAMPLERS[name]
-    return steps * info.passes_per_step - (1 if name == "heun" else 0)
+    return steps * info.passes_per_step - (info.passes_per_step - 1 if info.one_pass_last_step else 0)

@@ -180,7 +180,7 @@ def test_step_window(engine):
     s = engine.settings_for("z_image_tiny_test", prompt="a cat", negative_prompt="a dog")
     cond, negative = model.encoder.encode([s.prompt, s.negative_prompt])
     sigmas = shifted_simple(8, 3.0)
-    x = torch.randn(1, 16, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
 
     def guided_passes(start, end, sampler):
         nag = NegativeAttentionGuidance(model.transformer, negative, 3.0, 2.5, 0.25, start, end)
