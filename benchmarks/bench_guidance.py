@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -60,10 +61,11 @@ def step_times(engine, settings, repeats):
     guided = nag.wrap(plain, sigmas)
     guided(x, sigmas[0])  # warm up (and the negative's one-time refinement)
     plain(x, sigmas[0])
-    steps = 4
-    t_plain = timed(lambda: [plain(x, sigmas[i]) for i in range(steps)], repeats) / steps
-    t_nag = timed(lambda: [guided(x, sigmas[i]) for i in range(steps)], repeats) / steps
-    return t_plain, t_nag, len(cond), len(negative)
+    times = {plain: [], guided: []}
+    for _ in range(repeats):  # interleaved, so a busy machine slows both alike
+        for fn in times:
+            times[fn] += [timed(lambda: fn(x, sigmas[i]), 1) for i in range(4)]
+    return statistics.median(times[plain]), statistics.median(times[guided]), len(cond), len(negative)
 
 
 def main():
@@ -82,36 +84,38 @@ def main():
     build(folder)
     add_twinflow(folder)
     dtype = "float32" if args.device == "cpu" else "bfloat16"
-    engine = Engine(Registry(extra_files=[folder / "bench_small.json", folder / "bench_twinflow.json"]),
-                    FileLocator(offline=True), dtype, args.device)
+    registry = Registry(extra_files=[folder / "bench_small.json", folder / "bench_twinflow.json"])
+    engine, twin_engine = (Engine(registry, FileLocator(offline=True), dtype, args.device) for _ in range(2))
     turbo = engine.settings_for("bench_small", prompt=PROMPT, negative_prompt=NEGATIVE, seed=1, width=args.size,
                                 height=args.size, num_inference_steps=8, nag_scale=1.0)
     t_plain, t_nag, n_pos, n_neg = step_times(engine, turbo, args.repeats)
 
-    engine.generate(turbo)  # warm up
-    t_turbo = timed(lambda: engine.generate(turbo), args.repeats)
     twin = dataclasses.replace(turbo, model_type="bench_twinflow", sampler="twinflow", num_inference_steps=2)
-    engine.generate(twin)
-    passes0 = engine.model.passes
-    t_twin = timed(lambda: engine.generate(twin), args.repeats)
-    twin_passes = (engine.model.passes - passes0) / args.repeats
+    runs = [(engine, turbo, []), (twin_engine, twin, [])]
+    for _ in range(args.repeats + 1):  # interleaved; the first round loads and warms up
+        for eng, s, times in runs:
+            times.append(timed(lambda: eng.generate(s), 1))
+    t_turbo, t_twin = (statistics.median(times[1:]) for _, _, times in runs)
+    before = twin_engine.model.passes
+    twin_engine.generate(twin)
+    twin_passes = twin_engine.model.passes - before
 
     passes = {}
     small = dataclasses.replace(turbo, width=256, height=256)  # passes do not depend on the size
     for name, info in SAMPLERS.items():
+        eng = twin_engine if info.time_target else engine
         s = dataclasses.replace(twin if info.time_target else small, sampler=name, width=256, height=256,
                                 num_inference_steps=8)
-        engine.generate(s)
-        before = engine.model.passes
-        engine.generate(s)
-        passes[name] = engine.model.passes - before
+        before = eng.model.passes
+        eng.generate(s)
+        passes[name] = eng.model.passes - before
 
     rows = [
         ("time per step, no NAG", f"{t_plain * 1000:.1f} ms", "1.000x", ""),
         ("time per step, NAG", f"{t_nag * 1000:.1f} ms", f"{t_nag / t_plain:.3f}x", "<= 1.35x"),
         ("image, Turbo 8 steps (euler)", f"{t_turbo:.3f} s", "1.000x", ""),
         ("image, TwinFlow 2 steps (unified)", f"{t_twin:.3f} s", f"{t_twin / t_turbo:.3f}x", "~0.25x"),
-        ("transformer passes, TwinFlow 2 steps", f"{twin_passes:.0f}", "", "= 2"),
+        ("transformer passes, TwinFlow 2 steps", f"{twin_passes}", "", "= 2"),
     ] + [(f"passes per image, {name} (8 steps)", f"{n}", f"{SAMPLERS[name].passes_per_step}/step", "")
          for name, n in passes.items()]
     print(f"\nGuidance benchmark: dim {SMALL['dim']}, {SMALL['n_layers']} layers, {args.size}x{args.size} "

@@ -123,42 +123,45 @@ def nag_wanted(settings: GenerationSettings) -> bool:
     return settings.guidance_scale <= 0 and settings.nag_scale > 1 and bool(settings.negative_prompt.strip())
 
 
-def schedule_for(settings: GenerationSettings) -> torch.Tensor:
-    """The sampler's descending sigmas (flow samplers) or times (TwinFlow), ending at 0."""
+def schedule_for(settings: GenerationSettings, device) -> torch.Tensor:
+    """The sampler's descending sigmas (flow samplers, on `device`) or times (TwinFlow), ending at 0."""
     if SAMPLERS[settings.sampler].time_target:
         return twinflow_times(settings.num_inference_steps)  # float64 on the CPU: the sampler reads floats
     sigmas = SCHEDULES[settings.scheduler](settings.num_inference_steps, settings.flow_shift)
-    return rescale(sigmas, settings.sigma_rescale)
+    return rescale(sigmas, settings.sigma_rescale).to(device)
+
+
+def compose_model_fn(model: ZImageModel, settings: GenerationSettings, cond, negative, schedule):
+    """The sampler's model_fn: TwinFlow's, or the flow one with CFG; then NAG around either."""
+    if SAMPLERS[settings.sampler].time_target:
+        model_fn = make_twinflow_fn(model, cond)
+    else:
+        model_fn = make_model_fn(model, settings, cond, negative if settings.guidance_scale > 0 else None)
+    if nag_wanted(settings):
+        from models.z_image.nag import NegativeAttentionGuidance
+
+        nag = NegativeAttentionGuidance(model.transformer, negative, settings.nag_scale, settings.nag_tau,
+                                        settings.nag_alpha, settings.nag_start, settings.nag_end)
+        model_fn = nag.wrap(model_fn, schedule)
+    return model_fn
 
 
 @torch.no_grad()
 def generate(model: ZImageModel, settings: GenerationSettings, callback=None) -> list[GeneratedImage]:
     """All images for `settings` (count runs of batch_size images, seeds seed, seed+1, ...)."""
     settings = settings.with_seed()
-    cfg, nag = settings.guidance_scale > 0, nag_wanted(settings)
-    prompts = [settings.prompt] + ([settings.negative_prompt] if cfg or nag else [])
-    feats = model.encoder.encode(prompts)
-    cond, negative = feats[0], (feats[1] if cfg or nag else None)
-    sampler = SAMPLERS[settings.sampler]
-    schedule = schedule_for(settings)
-    if sampler.time_target:
-        model_fn = make_twinflow_fn(model, cond)
-    else:
-        schedule = schedule.to(model.device)
-        model_fn = make_model_fn(model, settings, cond, negative if cfg else None)
-    if nag:
-        from models.z_image.nag import NegativeAttentionGuidance
-
-        model_fn = NegativeAttentionGuidance(model.transformer, negative, settings.nag_scale, settings.nag_tau,
-                                             settings.nag_alpha, settings.nag_start,
-                                             settings.nag_end).wrap(model_fn, schedule)
+    with_negative = settings.guidance_scale > 0 or nag_wanted(settings)
+    feats = model.encoder.encode([settings.prompt] + ([settings.negative_prompt] if with_negative else []))
+    schedule = schedule_for(settings, model.device)
+    model_fn = compose_model_fn(model, settings, feats[0], feats[1] if with_negative else None, schedule)
+    sampler = SAMPLERS[settings.sampler].fn
     results = []
     for run in range(settings.count):
         seed = settings.seed + run
         generator = torch.Generator("cpu").manual_seed(seed)
         x = initial_noise(settings, generator, model.transformer.config.in_channels).to(model.device)
         step_cb = (lambda i, n, lat, r=run: callback(r, i, n, lat)) if callback else None
-        latents = sampler.fn(model_fn, x, schedule, callback=step_cb, generator=generator)
+        latents = sampler(model_fn, x, schedule, callback=step_cb, generator=generator)
         run_settings = dataclasses.replace(settings, seed=seed, count=1)
         results += [GeneratedImage(img, run_settings, b) for b, img in enumerate(decode(model, latents))]
     return results
