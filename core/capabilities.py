@@ -14,7 +14,8 @@ class Capabilities:
     unified_sampler: bool = False  # TwinFlow's any-step sampler
     shift: bool = True  # flow shift applies
     step_range: tuple[int, int] = (1, 200)  # what the UI offers
-    samplers: tuple[str, ...] = ("euler",)
+    samplers: tuple[str, ...] = ("euler",)  # the first is the default; core.samplers.SAMPLERS has passes per step
+    schedulers: tuple[str, ...] = ("simple",)  # core.schedules.SCHEDULES; empty: the sampler brings its own
     loras: bool = True  # LoRAs from the family's LoRA folder (strength, per-step schedule, presets)
     available: bool = True  # False: defined but its generation arrives in a later version
     notes: tuple[str, ...] = field(default_factory=tuple)

@@ -41,14 +41,23 @@ def common_options(subcommand: bool = False) -> argparse.ArgumentParser:
 def generate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model type (see `python app.py models`); default z_image, or the PNG's")
     p.add_argument("--prompt", help="what to draw")
-    p.add_argument("--negative-prompt", help="what to avoid (models with CFG)")
+    p.add_argument("--negative-prompt", help="what to avoid (CFG on the base model, NAG on distilled ones)")
     p.add_argument("--seed", type=int, help="-1 for random (default); the seed used is in the PNG and printed")
     p.add_argument("--steps", type=int, dest="num_inference_steps", help="denoising steps (1-200)")
     p.add_argument("--guidance", type=float, dest="guidance_scale", help="CFG scale, 0 = off (base model: 4)")
     p.add_argument("--cfg-truncation", type=float, help="stop CFG once 1 - sigma passes this (0-1, 1 = never)")
     p.add_argument("--cfg-normalization", type=float, help="cap the guided prediction's norm at k x the positive's")
     p.add_argument("--shift", type=float, dest="flow_shift", help="flow shift of the noise schedule (default 3)")
-    p.add_argument("--sampler", help="sampler name (default euler)")
+    p.add_argument("--sampler", help="euler (default), euler_ancestral, heun, ralston, dpmpp_2m (heun and ralston "
+                                     "cost two passes per step); twinflow for TwinFlow")
+    p.add_argument("--scheduler", help="sigma schedule: simple (default), beta, sgm_uniform")
+    p.add_argument("--sigma-rescale", type=float, help="multiply all sigmas by this (0.5-1, 1 = off)")
+    g = p.add_argument_group("NAG: negative prompts without CFG (Turbo, TwinFlow, control types)")
+    g.add_argument("--nag-scale", type=float, help="1 = off; defaults from the model type (Turbo 3)")
+    g.add_argument("--nag-tau", type=float, help="cap on the guided/positive L1 ratio per token (default 2.5)")
+    g.add_argument("--nag-alpha", type=float, help="blend of guided and positive attention, 0-1 (default 0.25)")
+    g.add_argument("--nag-start", type=float, help="first step with NAG, as a fraction of the steps (default 0)")
+    g.add_argument("--nag-end", type=float, help="NAG stops at this fraction of the steps (default 0.75)")
     p.add_argument("--width", type=int, help="multiple of 16, 256-4096")
     p.add_argument("--height", type=int, help="multiple of 16, 256-4096")
     p.add_argument("--aspect", choices=list(size_presets()), help="preset size of this aspect ratio")
@@ -145,7 +154,8 @@ def make_engine(args):
 
 
 SETTING_FLAGS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "cfg_truncation",
-                 "cfg_normalization", "flow_shift", "sampler", "width", "height", "batch_size", "count", "enhance",
+                 "cfg_normalization", "flow_shift", "sampler", "scheduler", "sigma_rescale", "nag_scale", "nag_tau",
+                 "nag_alpha", "nag_start", "nag_end", "width", "height", "batch_size", "count", "enhance",
                  "enhance_thinking", "text_hidden_layer", "seed_variance", "seed_variance_fraction",
                  "seed_variance_steps")
 

@@ -31,6 +31,13 @@ class GenerationSettings:
     cfg_normalization: float = 0.0  # cap |guided| at k * |positive| (0: off)
     flow_shift: float = 3.0
     sampler: str = "euler"
+    scheduler: str = "simple"  # sigma schedule for flow samplers: simple (shifted), beta, sgm_uniform
+    sigma_rescale: float = 1.0  # all sigmas times this (1: off; RES4LYF users take 0.996)
+    nag_scale: float = 1.0  # NAG (negative prompts without CFG): 1 = off
+    nag_tau: float = 2.5  # cap on |guided|_1 / |positive|_1 per token
+    nag_alpha: float = 0.25  # blend: alpha * guided + (1 - alpha) * positive
+    nag_start: float = 0.0  # NAG runs on the steps in [start, end), as fractions of the steps
+    nag_end: float = 1.0
     width: int = 1024
     height: int = 1024
     batch_size: int = 1  # images in one pass
@@ -64,6 +71,17 @@ class GenerationSettings:
         _check_float(self.cfg_normalization, "CFG normalization", 0.0, 100.0)
         if not isinstance(self.sampler, str) or not self.sampler:
             raise SettingsError("sampler must be a name such as 'euler'")
+        if not isinstance(self.scheduler, str) or not self.scheduler:
+            raise SettingsError("scheduler must be a name such as 'simple'")
+        _check_float(self.sigma_rescale, "sigma rescale", 0.5, 1.0)
+        _check_float(self.nag_scale, "NAG scale", 1.0, 50.0)
+        _check_float(self.nag_tau, "NAG tau", 0.5, 50.0)
+        _check_float(self.nag_alpha, "NAG alpha", 0.0, 1.0)
+        _check_float(self.nag_start, "NAG start", 0.0, 1.0)
+        _check_float(self.nag_end, "NAG end", 0.0, 1.0)
+        if self.nag_start >= self.nag_end:
+            raise SettingsError(f"NAG start {self.nag_start} must be below NAG end {self.nag_end} (fractions of "
+                                "the steps, e.g. 0 and 0.75 to stop NAG for the last quarter)")
         self.loras = normalize_loras(self.loras)
         for flag in ("enhance", "enhance_thinking"):
             if not isinstance(getattr(self, flag), bool):

@@ -33,6 +33,13 @@ class FieldSpec:
         return self.kind in ("number", "slider") and float(self.step).is_integer()
 
 
+def sampler_choices(caps: Capabilities) -> list:
+    """(label, name) pairs; the label says what a sampler costs, e.g. two passes per step."""
+    from core.samplers import SAMPLERS
+
+    return [(SAMPLERS[n].label if n in SAMPLERS else n, n) for n in caps.samplers]
+
+
 FIELDS = [
     FieldSpec("prompt", "text", "Prompt"),
     FieldSpec("original_prompt", "hidden", "Prompt before enhancing"),
@@ -51,7 +58,21 @@ FIELDS = [
     FieldSpec("height", "number", "Height", "size", bounds=lambda c: (MIN_SIDE, MAX_SIDE), step=SIDE_MULTIPLE),
     FieldSpec("batch_size", "slider", "Images per batch", "size", bounds=lambda c: (1, 8)),
     FieldSpec("count", "slider", "Batches (successive seeds)", "size", bounds=lambda c: (1, 20)),
-    FieldSpec("sampler", "dropdown", "Sampler", "advanced", choices=lambda c: c.samplers),
+    FieldSpec("nag_scale", "slider", "NAG scale (negative prompt strength; 1: off)", visible=lambda c: c.nag,
+              bounds=lambda c: (1, 10), step=0.1, info="negative prompts without CFG: Normalized Attention Guidance"),
+    FieldSpec("sampler", "dropdown", "Sampler", "advanced", choices=sampler_choices),
+    FieldSpec("scheduler", "dropdown", "Schedule", "advanced", visible=lambda c: bool(c.schedulers),
+              choices=lambda c: c.schedulers),
+    FieldSpec("sigma_rescale", "slider", "Sigma rescale", "advanced", visible=lambda c: bool(c.schedulers),
+              bounds=lambda c: (0.5, 1), step=0.001, info="below 1 starts slightly under pure noise (e.g. 0.996)"),
+    FieldSpec("nag_tau", "slider", "NAG tau (clipping)", "advanced", visible=lambda c: c.nag, bounds=lambda c: (0.5, 10),
+              step=0.1),
+    FieldSpec("nag_alpha", "slider", "NAG alpha (blend)", "advanced", visible=lambda c: c.nag, bounds=lambda c: (0, 1),
+              step=0.05),
+    FieldSpec("nag_start", "slider", "NAG from (share of steps)", "advanced", visible=lambda c: c.nag,
+              bounds=lambda c: (0, 1), step=0.05),
+    FieldSpec("nag_end", "slider", "NAG until (share of steps)", "advanced", visible=lambda c: c.nag,
+              bounds=lambda c: (0, 1), step=0.05, info="ending NAG before the last steps keeps fine detail"),
     FieldSpec("cfg_truncation", "slider", "CFG truncation", "advanced", visible=lambda c: c.cfg,
               bounds=lambda c: (0, 1), step=0.01, info="guidance stops once this fraction of the noise is gone"),
     FieldSpec("cfg_normalization", "slider", "CFG normalization", "advanced", visible=lambda c: c.cfg,

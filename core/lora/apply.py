@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from core.schedules import step_index
+
 from core.settings import lora_strength_at
 
 
@@ -100,12 +102,6 @@ class LoraStack:
         return add_deltas
 
 
-def step_index(sigmas: list[float], sigma: float) -> int:
-    """The step whose interval [sigmas[i], sigmas[i+1]) holds `sigma` (any sampler's sub-step evaluations too)."""
-    i = sum(1 for s in sigmas[:-1] if s >= sigma) - 1
-    return min(max(i, 0), len(sigmas) - 2)
-
-
 def scheduled(model_fn, stack: LoraStack | None, items: list[dict], sigmas: torch.Tensor):
     """model_fn that first sets each LoRA's strength for the step `sigma` belongs to."""
     if not items:
@@ -114,12 +110,11 @@ def scheduled(model_fn, stack: LoraStack | None, items: list[dict], sigmas: torc
         return model_fn
     if stack is None or {a.name for a in stack.active} != {it["name"] for it in items}:
         raise RuntimeError("the settings' LoRAs are not the attached ones (apply_loras first)")
-    sig = [float(s) for s in sigmas]
-    steps = len(sig) - 1
+    steps = len(sigmas) - 1
 
-    def model_fn_with_loras(x, sigma):
-        i = step_index(sig, float(sigma))
+    def model_fn_with_loras(x, sigma, *rest):
+        i = step_index(sigmas, sigma)
         stack.set_strengths({it["name"]: lora_strength_at(it, i, steps) for it in items})
-        return model_fn(x, sigma)
+        return model_fn(x, sigma, *rest)
 
     return model_fn_with_loras

@@ -14,25 +14,33 @@ from models.z_image.config import VAE_SCALE
 _CONTROL_V1 = ("canny", "hed", "depth", "pose", "mlsd")
 _CONTROL_V2 = _CONTROL_V1 + ("scribble", "gray", "tile")
 
+_FLOW = dict(samplers=("euler", "euler_ancestral", "heun", "ralston", "dpmpp_2m"),
+             schedulers=("simple", "beta", "sgm_uniform"))
+
 CAPABILITIES = {
-    "z_image": Capabilities(nag=True, step_range=(1, 50)),
-    "z_image_base": Capabilities(cfg=True, step_range=(1, 100)),
-    "z_image_control": Capabilities(nag=True, control_modes=_CONTROL_V1, step_range=(1, 50), available=False),
+    "z_image": Capabilities(nag=True, step_range=(1, 50), **_FLOW),
+    "z_image_base": Capabilities(cfg=True, step_range=(1, 100), **_FLOW),
+    "z_image_control": Capabilities(nag=True, control_modes=_CONTROL_V1, step_range=(1, 50), available=False,
+                                    **_FLOW),
     "z_image_control2": Capabilities(nag=True, control_modes=_CONTROL_V2, inpaint=True, step_range=(1, 50),
-                                     available=False),
+                                     available=False, **_FLOW),
     "z_image_control2_1": Capabilities(nag=True, control_modes=_CONTROL_V2, inpaint=True, step_range=(1, 50),
-                                       available=False),
+                                       available=False, **_FLOW),
     "z_image_twinflow_turbo": Capabilities(nag=True, unified_sampler=True, shift=False, step_range=(1, 8),
-                                           available=False),
+                                           samplers=("twinflow",), schedulers=()),
 }
 
+# NAG for the distilled types (the shipped model JSONs repeat these, for finetunes that name only files):
+# ComfyUI-NAG's advice (tau 2.5, alpha 0.25, stop before the last steps) with a middle scale.
+_NAG = dict(nag_scale=3.0, nag_tau=2.5, nag_alpha=0.25, nag_start=0.0, nag_end=0.75)
+
 DEFAULTS = {
-    "z_image": dict(num_inference_steps=8, guidance_scale=0.0, flow_shift=3.0),
+    "z_image": dict(num_inference_steps=8, guidance_scale=0.0, flow_shift=3.0, **_NAG),
     "z_image_base": dict(num_inference_steps=30, guidance_scale=4.0, flow_shift=3.0),
-    "z_image_control": dict(num_inference_steps=9, guidance_scale=0.0, flow_shift=3.0),
-    "z_image_control2": dict(num_inference_steps=9, guidance_scale=0.0, flow_shift=3.0),
-    "z_image_control2_1": dict(num_inference_steps=8, guidance_scale=0.0, flow_shift=3.0),
-    "z_image_twinflow_turbo": dict(num_inference_steps=2, guidance_scale=0.0, flow_shift=3.0),
+    "z_image_control": dict(num_inference_steps=9, guidance_scale=0.0, flow_shift=3.0, **_NAG),
+    "z_image_control2": dict(num_inference_steps=9, guidance_scale=0.0, flow_shift=3.0, **_NAG),
+    "z_image_control2_1": dict(num_inference_steps=8, guidance_scale=0.0, flow_shift=3.0, **_NAG),
+    "z_image_twinflow_turbo": dict(num_inference_steps=2, guidance_scale=0.0, flow_shift=3.0, **_NAG),
 }
 
 # component -> model JSON field ("control" only where the type has "modules")
@@ -61,7 +69,7 @@ class ZImageHandler:
 
     @staticmethod
     def default_settings(arch: str) -> dict:
-        return dict(DEFAULTS[arch], width=1024, height=1024, sampler="euler")
+        return dict(DEFAULTS[arch], width=1024, height=1024, sampler=CAPABILITIES[arch].samplers[0])
 
     @staticmethod
     def lora_dir(args=None) -> Path:
@@ -74,14 +82,27 @@ class ZImageHandler:
             raise SettingsError(f"{arch} is distilled and runs without CFG: set guidance to 0 "
                                 "(negative prompts on such models work through NAG)")
         if settings.sampler not in caps.samplers:
-            raise SettingsError(f"unknown sampler {settings.sampler!r} (available: {', '.join(caps.samplers)})")
+            raise SettingsError(f"sampler {settings.sampler!r} is not available for {arch} "
+                                f"(available: {', '.join(caps.samplers)})")
+        known = caps.schedulers or _FLOW["schedulers"]  # a sampler with its own schedule ignores the name
+        if settings.scheduler not in known:
+            raise SettingsError(f"unknown scheduler {settings.scheduler!r} (available: {', '.join(known)})")
 
     @staticmethod
     def notes(settings: GenerationSettings, arch: str) -> list[str]:
         """Warnings about settings that will have no effect."""
-        if settings.negative_prompt and not CAPABILITIES[arch].cfg:
-            return [f"the negative prompt has no effect on {arch} in this version (it needs NAG)"]
-        return []
+        caps, notes = CAPABILITIES[arch], []
+        negative = bool(settings.negative_prompt.strip())
+        if negative and not caps.cfg and settings.nag_scale <= 1:
+            notes.append(f"the negative prompt has no effect on {arch} while NAG is off: set a NAG scale above 1")
+        if settings.nag_scale > 1 and settings.guidance_scale > 0:
+            notes.append("NAG is off while CFG is on (guidance above 0): the negative prompt goes through CFG")
+        elif settings.nag_scale > 1 and not negative:
+            notes.append("NAG has no effect without a negative prompt")
+        if not caps.schedulers and (settings.scheduler != "simple" or settings.sigma_rescale != 1):
+            notes.append(f"the {settings.sampler} sampler uses its own schedule: scheduler and sigma rescale "
+                         "are ignored")
+        return notes
 
     # ---- files -------------------------------------------------------------------------------
 
@@ -156,6 +177,10 @@ class ZImageHandler:
                             "available in this version yet (its files and settings are defined)")
         paths = self.fetch(model_def, locator)
         transformer = loader.load_transformer(paths["transformer"], model_def.model.get("config", {}), dtype)
+        if CAPABILITIES[model_def.architecture].unified_sampler and not hasattr(transformer, "t_embedder_2"):
+            raise ModelFileError(paths["transformer"], "this is not a TwinFlow transformer: it has no second time "
+                                 "embedder (t_embedder_2.*), which TwinFlow's sampler needs. Wan2GP's int8 TwinFlow "
+                                 "file lacks it; use the bf16 file")
         text_encoder = loader.load_text_encoder(paths["text_encoder"], dtype)
         tokenizer = loader.load_tokenizer(paths["tokenizer"])
         vae = loader.load_vae(paths["vae"], dtype)

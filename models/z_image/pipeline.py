@@ -1,7 +1,7 @@
 """Text-to-image for Z-Image: encode -> noise -> sampler(model_fn) -> decode.
 
 The denoising loop is the project's own (core.samplers); guidance is composed into `model_fn` here,
-so later additions (NAG, control, per-step LoRA strengths) wrap the same function.
+so additions (NAG, per-step LoRA strengths, control) wrap the same function.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import torch
 
 from core.lora.apply import scheduled
 from core.samplers import SAMPLERS
-from core.schedules import shifted_simple, step_index
+from core.schedules import SCHEDULES, rescale, step_index, twinflow_times
 from core.settings import GenerationSettings
-
 from models.z_image.config import VAE_SCALE
 
 
@@ -42,25 +41,49 @@ class GeneratedImage:
     batch_index: int
 
 
-def initial_noise(settings: GenerationSettings, seed: int, channels: int) -> torch.Tensor:
-    """[B, C, H/8, W/8] float32 Gaussian noise from a CPU generator, as diffusers' randn_tensor makes it."""
+def initial_noise(settings: GenerationSettings, generator: torch.Generator, channels: int) -> torch.Tensor:
+    """[B, C, H/8, W/8] float32 Gaussian noise from a CPU generator, as diffusers' randn_tensor makes it.
+
+    The generator (seeded with the image seed) then goes on to the sampler for any fresh noise it needs."""
     from diffusers.utils.torch_utils import randn_tensor
 
     shape = (settings.batch_size, channels, settings.height // VAE_SCALE, settings.width // VAE_SCALE)
-    return randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
+    return randn_tensor(shape, generator=generator, dtype=torch.float32)
 
 
-def flow(model: ZImageModel, x: torch.Tensor, sigma: torch.Tensor, captions: list[torch.Tensor]) -> torch.Tensor:
-    """One transformer pass. x: [B, C, H, W]; captions: B tensors [tokens, hidden]; returns v [B, C, H, W]."""
-    timestep = sigma * 1000  # via diffusers' timestep scale, so its rounding matches ZImagePipeline's
-    t = ((1000 - timestep) / 1000).expand(x.shape[0]).to(x.device)
+def _transformer_pass(model: ZImageModel, x: torch.Tensor, t: torch.Tensor, captions) -> torch.Tensor:
+    """x [B, C, H, W], model time t [B] (1 = clean) -> the model's output negated, [B, C, H, W] float32."""
     inputs = list(x.to(model.dtype).unsqueeze(2).unbind(0))
     out = model.transformer(inputs, t, captions, return_dict=False)[0]
     model.passes += 1
     return -torch.stack([o.float() for o in out]).squeeze(2)
 
 
-def varied_captions(cond: torch.Tensor, settings: GenerationSettings, seed: int, sigmas: torch.Tensor):
+def flow(model: ZImageModel, x: torch.Tensor, sigma: torch.Tensor, captions: list[torch.Tensor]) -> torch.Tensor:
+    """One transformer pass. x: [B, C, H, W]; captions: B tensors [tokens, hidden]; returns v [B, C, H, W]."""
+    timestep = sigma * 1000  # via diffusers' timestep scale, so its rounding matches ZImagePipeline's
+    t = ((1000 - timestep) / 1000).expand(x.shape[0]).to(x.device)
+    return _transformer_pass(model, x, t, captions)
+
+
+def make_twinflow_fn(model: ZImageModel, captions):
+    """model_fn(x, t, target) -> F = noise - clean, for TwinFlow's unified sampler (core.samplers).
+
+    t, target: sampler times (1 = noise, 0 = clean); the transformer gets model time |t_m| and, through
+    its second time embedder, the jump to the target (models.z_image.twinflow)."""
+    from models.z_image.twinflow import model_time, target_time
+
+    def model_fn(x, t, target):
+        batch = x.shape[0]
+        t_m = model_time(t.reshape(1)).expand(batch).to(x.device)
+        tt_m = model_time(target.reshape(1)).expand(batch).to(x.device)
+        with target_time(model.transformer, t_m, tt_m):
+            return _transformer_pass(model, x, t_m.abs(), captions(t))
+
+    return model_fn
+
+
+def varied_captions(cond: torch.Tensor, settings: GenerationSettings, seed: int, schedule: torch.Tensor):
     """captions(sigma) -> B caption tensors; seed variance puts seeded noise on the embedding [tokens, dim]
     for the first `seed_variance_steps` of the steps, so seeds differ more in composition."""
     plain = [cond] * settings.batch_size
@@ -72,8 +95,8 @@ def varied_captions(cond: torch.Tensor, settings: GenerationSettings, seed: int,
     keep = torch.rand(shape, generator=gen) < settings.seed_variance_fraction
     scale = settings.seed_variance * cond.float().std().cpu()
     varied = [cond + (noise[b] * keep[b] * scale).to(cond.device, cond.dtype) for b in range(shape[0])]
-    noisy_steps = settings.seed_variance_steps * (len(sigmas) - 1)
-    return lambda sigma: varied if step_index(sigmas, sigma) < noisy_steps else plain
+    noisy_steps = settings.seed_variance_steps * (len(schedule) - 1)
+    return lambda sigma: varied if step_index(schedule, sigma) < noisy_steps else plain
 
 
 def make_model_fn(model: ZImageModel, settings: GenerationSettings, captions, uncond):
@@ -115,24 +138,61 @@ def decode(model: ZImageModel, latents: torch.Tensor) -> list:
     return [Image.fromarray((a * 255).round().astype("uint8")) for a in arr]
 
 
+def nag_wanted(settings: GenerationSettings) -> bool:
+    """NAG runs where guidance is off, its scale is above 1 and there is a negative prompt."""
+    return settings.guidance_scale <= 0 and settings.nag_scale > 1 and bool(settings.negative_prompt.strip())
+
+
+def schedule_for(settings: GenerationSettings, device) -> torch.Tensor:
+    """The sampler's descending sigmas (flow samplers, on `device`) or times (TwinFlow), ending at 0."""
+    if SAMPLERS[settings.sampler].time_target:
+        return twinflow_times(settings.num_inference_steps)  # float64 on the CPU: the sampler reads floats
+    sigmas = SCHEDULES[settings.scheduler](settings.num_inference_steps, settings.flow_shift)
+    return rescale(sigmas, settings.sigma_rescale).to(device)
+
+
+def make_nag(model: ZImageModel, settings: GenerationSettings, negative):
+    """NAG for this generation, or None; it refines the negative caption once and serves every run."""
+    if not nag_wanted(settings):
+        return None
+    from models.z_image.nag import NegativeAttentionGuidance
+
+    return NegativeAttentionGuidance(model.transformer, negative, settings.nag_scale, settings.nag_tau,
+                                     settings.nag_alpha, settings.nag_start, settings.nag_end)
+
+
+def compose_model_fn(model: ZImageModel, settings: GenerationSettings, captions, negative, schedule, nag=None):
+    """The sampler's model_fn: TwinFlow's, or the flow one with CFG; NAG around either; LoRA strengths
+    set per step around all."""
+    if SAMPLERS[settings.sampler].time_target:
+        model_fn = make_twinflow_fn(model, captions)
+    else:
+        model_fn = make_model_fn(model, settings, captions, negative if settings.guidance_scale > 0 else None)
+    if nag is not None:
+        model_fn = nag.wrap(model_fn, schedule)
+    return scheduled(model_fn, model.loras, settings.loras, schedule)
+
+
 @torch.no_grad()
 def generate(model: ZImageModel, settings: GenerationSettings, callback=None) -> list[GeneratedImage]:
     """All images for `settings` (count runs of batch_size images, seeds seed, seed+1, ...)."""
     settings = settings.with_seed()
-    cfg = settings.guidance_scale > 0
-    prompts = [settings.prompt] + ([settings.negative_prompt] if cfg else [])
+    with_negative = settings.guidance_scale > 0 or nag_wanted(settings)
+    prompts = [settings.prompt] + ([settings.negative_prompt] if with_negative else [])
     feats = model.encoder.encode(prompts, settings.text_hidden_layer)
-    cond, uncond = feats[0], (feats[1] if cfg else None)
-    sampler, _ = SAMPLERS[settings.sampler]
-    sigmas = shifted_simple(settings.num_inference_steps, settings.flow_shift).to(model.device)
+    negative = feats[1] if with_negative else None
+    schedule = schedule_for(settings, model.device)
+    nag = make_nag(model, settings, negative)
+    sampler = SAMPLERS[settings.sampler].fn
     results = []
     for run in range(settings.count):
         seed = settings.seed + run
-        model_fn = make_model_fn(model, settings, varied_captions(cond, settings, seed, sigmas), uncond)
-        model_fn = scheduled(model_fn, model.loras, settings.loras, sigmas)
-        x = initial_noise(settings, seed, model.transformer.config.in_channels).to(model.device)
+        captions = varied_captions(feats[0], settings, seed, schedule)
+        model_fn = compose_model_fn(model, settings, captions, negative, schedule, nag)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        x = initial_noise(settings, generator, model.transformer.config.in_channels).to(model.device)
         step_cb = (lambda i, n, lat, r=run: callback(r, i, n, lat)) if callback else None
-        latents = sampler(model_fn, x, sigmas, callback=step_cb)
+        latents = sampler(model_fn, x, schedule, callback=step_cb, generator=generator)
         run_settings = dataclasses.replace(settings, seed=seed, count=1)
         results += [GeneratedImage(img, run_settings, b) for b, img in enumerate(decode(model, latents))]
     return results
