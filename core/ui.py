@@ -89,8 +89,11 @@ class AppUI:
             lines.append(f"- problem: {exc}")
         return "\n".join(lines)
 
-    def on_model(self, model_type):
+    def on_model(self, model_type, prompt=""):
+        """Switch type: its remembered settings or defaults, keeping the prompt the user is writing."""
         settings = self.settings_for_type(model_type)
+        if prompt and prompt.strip():
+            settings = dataclasses.replace(settings, prompt=prompt)
         return [self.describe(model_type), *self.field_updates(settings)]
 
     def on_preset(self, label):
@@ -342,7 +345,7 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
         fields = [comps[spec.name] for spec in FIELDS]
 
         private = dict(api_visibility="private")
-        model.input(app.on_model, model, [about, *fields], **private)
+        model.input(app.on_model, [model, comps["prompt"]], [about, *fields], **private)
         model.input(lambda t: gr.update(visible=app.caps(t).loras), model, lora_panel, **private)
         lora_refresh.click(app.on_refresh_loras, model, [lora_pick, preset_pick], **private)
         lora_add.click(app.on_add_lora, [lora_pick, comps["loras"]], comps["loras"], **private)
@@ -379,6 +382,7 @@ def make_component(spec, settings, caps):
     value, visible = field_value(spec, settings), shown(spec, caps)
     common = dict(label=spec.label, visible=visible, info=spec.info or None, elem_id=f"field-{spec.name}")
     if spec.kind == "loras":
+        common.pop("info")  # a table has no info line
         return gr.Dataframe(value=value, headers=LORA_COLUMNS, datatype=["str", "number", "str"], type="array",
                             column_count=(3, "fixed"), interactive=True, **common)
     if spec.kind in ("text", "hidden"):

@@ -37,7 +37,13 @@ def sampler_choices(caps: Capabilities) -> list:
     """(label, name) pairs; the label says what a sampler costs, e.g. two passes per step."""
     from core.samplers import SAMPLERS
 
-    return [(SAMPLERS[n].label if n in SAMPLERS else n, n) for n in caps.samplers]
+    def label(name):
+        info = SAMPLERS.get(name)
+        if info is None:
+            return name
+        return info.label + (f" (costs {info.passes_per_step} passes per step)" if info.passes_per_step > 1 else "")
+
+    return [(label(n), n) for n in caps.samplers]
 
 
 FIELDS = [

@@ -39,6 +39,7 @@ def test_type_prompt_click_generate_get_image(engine, tmp_path, browser):
         page.goto(url)
         page.get_by_label("Model type").click()
         page.get_by_role("option", name="z_image_tiny_test").click()
+        page.get_by_text("Tiny test model").first.wait_for(timeout=30_000)  # the switch has applied its defaults
         page.locator("#field-prompt textarea").fill("a small red house")
         page.locator("#field-num_inference_steps input[type=number]").fill("3")
         page.locator("#generate").click()

@@ -168,6 +168,8 @@ def test_switching_model_applies_defaults_then_remembered(engine, tmp_path):
     app.memory.remember(engine.settings_for("z_image_base", prompt="kept", guidance_scale=6.5))
     again = dict(zip(names, app.on_model("z_image_base")[1:]))
     assert again["guidance_scale"]["value"] == 6.5 and again["prompt"]["value"] == "kept"
+    typing = dict(zip(names, app.on_model("z_image_base", "what I am writing")[1:]))
+    assert typing["prompt"]["value"] == "what I am writing" and typing["guidance_scale"]["value"] == 6.5
 
 
 def test_restore_every_setting_from_png(engine, tmp_path):

@@ -95,10 +95,8 @@ class ZImageHandler:
         negative = bool(settings.negative_prompt.strip())
         if negative and not caps.cfg and settings.nag_scale <= 1:
             notes.append(f"the negative prompt has no effect on {arch} while NAG is off: set a NAG scale above 1")
-        if settings.nag_scale > 1 and settings.guidance_scale > 0:
+        if negative and settings.nag_scale > 1 and settings.guidance_scale > 0:
             notes.append("NAG is off while CFG is on (guidance above 0): the negative prompt goes through CFG")
-        elif settings.nag_scale > 1 and not negative:
-            notes.append("NAG has no effect without a negative prompt")
         if not caps.schedulers and (settings.scheduler != "simple" or settings.sigma_rescale != 1):
             notes.append(f"the {settings.sampler} sampler uses its own schedule: scheduler and sigma rescale "
                          "are ignored")
