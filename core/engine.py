@@ -9,6 +9,7 @@ from pathlib import Path
 from core import APP_NAME, APP_VERSION
 from core.errors import SettingsError
 from core.files import FileLocator
+from core.load_options import LoadOptions
 from core.outputs import save_png
 from core.registry import Registry
 from core.settings import GenerationSettings
@@ -40,12 +41,27 @@ class Engine:
     """Holds at most one loaded model type; loads on demand, generates, saves."""
 
     def __init__(self, registry: Registry, locator: FileLocator, dtype: str | None = None,
-                 device: str | None = None):
+                 device: str | None = None, options: LoadOptions | None = None):
         self.registry = registry
         self.locator = locator
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
+        self.options = (options or LoadOptions()).validate()
         self.model = None
+
+    def configure(self, **changes) -> LoadOptions:
+        """Change load options (INT8/bf16 files, memory profile...); the loaded model is dropped if they differ."""
+        options = self.options.replace(**changes)
+        if options != self.options:
+            self.unload()
+            self.options = options
+        return options
+
+    def startup_notes(self) -> list[str]:
+        """What to tell the user once about memory management here (profile chosen, or no CUDA)."""
+        from core.offload import startup_notes
+
+        return startup_notes(self.options, self.device)
 
     def settings_for(self, model_type: str, **overrides) -> GenerationSettings:
         return self.registry.default_settings(model_type, **overrides)
@@ -63,10 +79,13 @@ class Engine:
             return self.model
         self.unload()
         model_def = self.registry.get(model_type)
-        self.model = self.registry.handler(model_type).load(model_def, self.locator, self.dtype, self.device)
+        self.model = self.registry.handler(model_type).load(model_def, self.locator, self.dtype, self.device,
+                                                            self.options)
         return self.model
 
     def unload(self) -> None:
+        if self.model is not None and getattr(self.model, "placement", None) is not None:
+            self.model.placement.release()
         self.model = None
         gc.collect()
         try:
@@ -92,6 +111,7 @@ class Engine:
             "app": f"{APP_NAME} {APP_VERSION}", "batch_index": batch_index,
             "files": {k: Path(v).name for k, v in self.model.files.items()},
             "dtype": str(self.dtype).replace("torch.", ""), "device": self.device.type,
+            "load": dict(getattr(self.model, "load_info", {})),
             "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                          "transformers": transformers.__version__, "python": platform.python_version()},
         }
@@ -103,4 +123,5 @@ class Engine:
             targets = [folder / f"{stem}_{i + 1}.png" for i in range(len(results))]
         else:
             targets = [output] * len(results)
-        return [save_png(r.image, r.settings, self.record(r.batch_index), t) for r, t in zip(results, targets)]
+        return [save_png(r.image, r.settings, {**self.record(r.batch_index), "memory": getattr(r, "memory", {})}, t)
+                for r, t in zip(results, targets)]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from core.memory import MemoryMonitor, log_report
 from core.samplers import SAMPLERS
 from core.schedules import shifted_simple
 from core.settings import GenerationSettings
@@ -30,6 +31,8 @@ class ZImageModel:
     device: torch.device
     files: dict = field(default_factory=dict)
     passes: int = 0  # transformer forward passes, for the benchmark and tests
+    placement: object = None  # core.offload.Placement: the memory profile applied, if any
+    load_info: dict = field(default_factory=dict)  # file kinds and profile, for the PNG record
 
 
 @dataclass
@@ -37,6 +40,7 @@ class GeneratedImage:
     image: object  # PIL.Image
     settings: GenerationSettings  # the exact settings that reproduce this image (its run's seed)
     batch_index: int
+    memory: dict = field(default_factory=dict)  # peak RAM/VRAM per stage of the call that made it
 
 
 def initial_noise(settings: GenerationSettings, seed: int, channels: int) -> torch.Tensor:
@@ -98,9 +102,11 @@ def decode(model: ZImageModel, latents: torch.Tensor) -> list:
 def generate(model: ZImageModel, settings: GenerationSettings, callback=None) -> list[GeneratedImage]:
     """All images for `settings` (count runs of batch_size images, seeds seed, seed+1, ...)."""
     settings = settings.with_seed()
+    memory = MemoryMonitor(model.device)
     cfg = settings.guidance_scale > 0
     prompts = [settings.prompt] + ([settings.negative_prompt] if cfg else [])
-    feats = model.encoder.encode(prompts)
+    with memory.stage("text encoding"):
+        feats = model.encoder.encode(prompts)
     cond, uncond = feats[0], (feats[1] if cfg else None)
     sampler, _ = SAMPLERS[settings.sampler]
     sigmas = shifted_simple(settings.num_inference_steps, settings.flow_shift).to(model.device)
@@ -110,7 +116,14 @@ def generate(model: ZImageModel, settings: GenerationSettings, callback=None) ->
         seed = settings.seed + run
         x = initial_noise(settings, seed, model.transformer.config.in_channels).to(model.device)
         step_cb = (lambda i, n, lat, r=run: callback(r, i, n, lat)) if callback else None
-        latents = sampler(model_fn, x, sigmas, callback=step_cb)
+        with memory.stage("denoising"):
+            latents = sampler(model_fn, x, sigmas, callback=step_cb)
+        with memory.stage("decoding"):
+            images = decode(model, latents)
         run_settings = dataclasses.replace(settings, seed=seed, count=1)
-        results += [GeneratedImage(img, run_settings, b) for b, img in enumerate(decode(model, latents))]
+        results += [GeneratedImage(img, run_settings, b) for b, img in enumerate(images)]
+    report = memory.as_dict()
+    log_report(report)
+    for result in results:
+        result.memory = report
     return results
