@@ -147,19 +147,33 @@ def block_linears(model: torch.nn.Module) -> list[str]:
             if type(m) is torch.nn.Linear and any(n.startswith(prefix + ".") for prefix in lists)]
 
 
-def quantized_state_dict(state_dict: dict, model: torch.nn.Module, modules) -> dict:
-    """`state_dict` with each named Linear replaced by quanto's INT8 entries (symmetric per-row absmax).
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row INT8: (int8 data [out, in], scale [out, 1] in the weight's dtype).
 
-    Weights are quantized in their own dtype (bf16 for a `_quanto_bf16_int8` file), so scales match it.
+    Computed in float32 with each scale rounded up to the weight's dtype, so every weight lands within half
+    a step of its value (quanto's own quantizer divides in bf16, which is coarse near 127, and can be a
+    whole step off).
     """
-    from optimum.quanto import QLinear, qint8
+    import torch
+
+    exact = (weight.float().abs().amax(dim=1, keepdim=True) / 127).clamp(min=torch.finfo(weight.dtype).tiny)
+    scale = exact.to(weight.dtype)
+    scale = torch.where(scale.float() < exact, torch.nextafter(scale, torch.full_like(scale, float("inf"))), scale)
+    data = (weight.float() / scale.float()).round().clamp(-127, 127).to(torch.int8)
+    return data, scale
+
+
+def quantized_state_dict(state_dict: dict, modules) -> dict:
+    """`state_dict` with each named Linear's weight in quanto's INT8 entries (`weight._data`, `weight._scale`,
+    and unit `input_scale` / `output_scale`, as quanto's QLinear saves them)."""
+    import torch
 
     out = dict(state_dict)
     for name in modules:
-        qlinear = QLinear.from_module(model.get_submodule(name), weights=qint8)
-        qlinear.freeze()
-        out.pop(f"{name}.weight")
-        out.update({f"{name}.{k}": v.detach().contiguous() for k, v in qlinear.state_dict().items()})
+        weight = out.pop(f"{name}.weight")
+        out[f"{name}{DATA}"], out[f"{name}{SCALE}"] = quantize_rows(weight)
+        for activation_scale in ACTIVATION_SCALES:
+            out[f"{name}.{activation_scale}"] = torch.ones((), dtype=weight.dtype)
     return out
 
 

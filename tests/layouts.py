@@ -107,9 +107,9 @@ def _b64(obj) -> str:
     return base64.b64encode(json.dumps(obj).encode()).decode()
 
 
-def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row absmax INT8: (int8 data, bf16 scale [rows, 1])."""
-    scale = (weight.float().abs().amax(dim=1, keepdim=True) / 127).clamp(min=1e-12).to(torch.bfloat16)
+def quantize_rows(weight: torch.Tensor, scale_dtype=torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row absmax INT8: (int8 data, scale [rows, 1])."""
+    scale = (weight.float().abs().amax(dim=1, keepdim=True) / 127).clamp(min=1e-12).to(scale_dtype)
     data = (weight.float() / scale.float()).round().clamp(-127, 127).to(torch.int8)
     return data, scale
 
@@ -131,7 +131,7 @@ def write_raw_safetensors(path: Path, tensors: dict, metadata: dict) -> Path:
     return path
 
 
-def write_wan2gp_int8(path: Path, model, stacks=("layers.",)) -> Path:
+def write_wan2gp_int8(path: Path, model, stacks=("layers.",), scale_dtype=torch.bfloat16) -> Path:
     """A `*_quanto_bf16_int8.safetensors` file as Wan2GP ships it: bf16, the Linear layers of the repeated
     stacks as quanto INT8 (`weight._data`, `weight._scale`, `input_scale`, `output_scale`), the quantization
     map and the model config in the header."""
@@ -140,9 +140,9 @@ def write_wan2gp_int8(path: Path, model, stacks=("layers.",)) -> Path:
     for name, t in sd.items():
         module = name[: -len(".weight")]
         if name.endswith(".weight") and name.startswith(stacks) and type(model.get_submodule(module)) is torch.nn.Linear:
-            out[f"{module}.weight._data"], out[f"{module}.weight._scale"] = quantize_rows(t)
-            out[f"{module}.input_scale"] = torch.ones((), dtype=torch.bfloat16)
-            out[f"{module}.output_scale"] = torch.ones((), dtype=torch.bfloat16)
+            out[f"{module}.weight._data"], out[f"{module}.weight._scale"] = quantize_rows(t, scale_dtype)
+            out[f"{module}.input_scale"] = torch.ones((), dtype=scale_dtype)
+            out[f"{module}.output_scale"] = torch.ones((), dtype=scale_dtype)
             qmap[module] = {"weights": "qint8", "activations": "none"}
         else:
             out[name] = t

@@ -239,9 +239,9 @@ class ZImageHandler:
                 config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
             else:
                 model = loader.load_text_encoder(source, torch.bfloat16)
-                config = model.config.to_dict()
+                config = {**model.config.to_dict(), "architectures": [type(model).__name__]}
             modules = Q.block_linears(model)
-            tensors = Q.quantized_state_dict(state_dict_for_file(model), model, modules)
+            tensors = Q.quantized_state_dict(state_dict_for_file(model), modules)
             Path(folder).mkdir(parents=True, exist_ok=True)
             Q.save_atomically(tensors, target, Q.int8_metadata(modules, config))
             done.append(QuantizedFile(comp, COMPONENTS[comp], target, True))
