@@ -53,7 +53,7 @@ class Registry:
 
     def __init__(self, folders=(ROOT / "defaults", ROOT / "finetunes"), extra_files=()):
         self.folders = [Path(f) for f in folders]
-        self.user_folder = self.folders[-1]  # where the app writes model-type overrides (finetunes/)
+        self.user_folder = self.folders[-1] if self.folders else ROOT / "finetunes"  # where overrides are written
         self.handlers = discover_handlers()
         raw: dict[str, dict] = {}
         sources: dict[str, list[str]] = {}

@@ -245,6 +245,12 @@ def test_damaged_or_unsupported_int8_files_are_named(tmp_path, tiny_models):
     with pytest.raises(ModelFileError, match="qint4.*only quanto INT8"):
         loader.load_transformer(tmp_path / "q4.safetensors", {}, torch.float32)
 
+    incomplete = dict(sd)
+    del incomplete["layers.1.feed_forward.w2.weight._data"], incomplete["layers.1.feed_forward.w2.weight._scale"]
+    save_file(incomplete, str(tmp_path / "incomplete.safetensors"))
+    with pytest.raises(ModelFileError, match=r"missing \(layers\.1\.feed_forward\.w2\.weight\)"):
+        loader.load_transformer(tmp_path / "incomplete.safetensors", {}, torch.float32)
+
     te = _quantized_sd(tiny_models["text_encoder"], ("model.",))  # the embedding too: not a Linear
     save_file(te, str(tmp_path / "te.safetensors"))
     with pytest.raises(ModelFileError, match="model.embed_tokens is INT8 in the file but is a Embedding"):
