@@ -124,8 +124,9 @@ def load_tensors(info: TensorFileInfo, keys: list[str] | None = None, aligned=()
     """Memory-mapped tensors (zero-copy: pages are read when first used, never held twice).
 
     Tensors named in `aligned` must start on an `alignment`-byte boundary (int8 matmul kernels crash on
-    others): one that the mapping leaves unaligned is read from the file into fresh aligned memory
-    instead, so its bytes are in memory once, not mapped and copied.
+    others). The mapping starts at the file's first byte, so one whose file offset is unaligned would be
+    unaligned in memory: it is read from the file into fresh aligned memory instead, without mapping it
+    (so its bytes are in memory once, not mapped and copied).
     """
     from safetensors import safe_open
 
@@ -139,10 +140,11 @@ def load_tensors(info: TensorFileInfo, keys: list[str] | None = None, aligned=()
         try:
             with safe_open(str(path), framework="pt") as f, open(path, "rb", buffering=0) as raw:
                 for name in names:
-                    tensor = f.get_tensor(name)
-                    if name in aligned and tensor.data_ptr() % alignment:
-                        tensor = _read_aligned(raw, tensor, *info.offsets[name])
-                    out[name] = tensor
+                    offset, nbytes = info.offsets[name]
+                    if name in aligned and offset % alignment:
+                        out[name] = _read_aligned(raw, *info.tensors[name], offset, nbytes)
+                    else:
+                        out[name] = f.get_tensor(name)
         except ModelFileError:
             raise
         except Exception as exc:  # safetensors raises its own types for damaged files
@@ -150,8 +152,12 @@ def load_tensors(info: TensorFileInfo, keys: list[str] | None = None, aligned=()
     return out
 
 
-def _read_aligned(raw, like, offset: int, nbytes: int):
-    """The bytes of `like` read from the file into a new tensor (torch allocates 64-byte aligned memory)."""
+_TORCH_DTYPES = {"I8": "int8", "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64", "BF16": "bfloat16",
+                 "F16": "float16", "F32": "float32", "F64": "float64", "BOOL": "bool"}
+
+
+def _read_aligned(raw, dtype: str, shape: tuple, offset: int, nbytes: int):
+    """A tensor read from the file into new memory (torch allocates 64-byte aligned blocks)."""
     import torch
 
     buffer = torch.empty(nbytes, dtype=torch.uint8)
@@ -162,4 +168,4 @@ def _read_aligned(raw, like, offset: int, nbytes: int):
         if not got:
             raise ModelFileError(raw.name, "the file ended before a tensor's data (truncated?)")
         done += got
-    return buffer.view(like.dtype).reshape(like.shape)
+    return buffer.view(getattr(torch, _TORCH_DTYPES[dtype])).reshape(shape)
