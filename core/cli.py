@@ -245,7 +245,8 @@ def cmd_quantize(args) -> int:
     for done in handler.quantize(model_def, engine.locator, components, folder):
         verb = "wrote" if done.written else "kept the existing"
         print(f"{done.component}: {verb} {done.path} ({human_size(done.path.stat().st_size)})")
-        listed_in = add_alternative(engine.registry.user_folder, model_def, done.field, done.path, engine.locator)
+        listed_in = add_alternative(engine.registry.user_folder, model_def, done.field, done.path, engine.locator,
+                                    done.source)
         if listed_in:
             print(f"    added to {listed_in} as an alternative in \"{done.field}\"")
             shadow = shadowed_by(model_def, engine.registry.folders)

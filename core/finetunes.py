@@ -14,11 +14,13 @@ from pathlib import Path
 from core.files import as_list, parse_ref
 
 
-def add_alternative(folder: Path, model_def, field: str, path: Path, locator) -> Path | None:
+def add_alternative(folder: Path, model_def, field: str, path: Path, locator, current: Path | None = None) \
+        -> Path | None:
     """List `path` among `field`'s alternatives via `folder`/TYPE.json; None when an alternative already
-    points at that file. Returns the JSON written."""
+    points at that file. `current` (the file in use) heads a list the model JSON left empty, such as a text
+    encoder taken from an all-in-one checkpoint, so it stays the default. Returns the JSON written."""
     path = Path(path).resolve()
-    listed = as_list(model_def.model.get(field))
+    listed = as_list(model_def.model.get(field)) or ([str(Path(current).resolve())] if current else [])
     for ref in map(parse_ref, listed):
         found = locator.local_path(ref)
         if found is not None and Path(found).resolve() == path:

@@ -82,6 +82,8 @@ def startup_notes(options, device) -> list[str]:
                                          ("--preload", options.preload_mb)) if on]
         extra = f" ({', '.join(ignored)} ignored)" if ignored else ""
         return [f"no CUDA GPU in use: memory profiles are not applied{extra}; running on the {device.type.upper()}"]
+    if options.profile == 0:
+        return ["--compile works with a memory profile: ignored with --profile 0"] if options.compile else []
     if options.profile is None:
         ram, vram = machine_memory(device)
         p = PROFILE_BY_NUMBER[suggest_profile(ram, vram)]

@@ -140,7 +140,7 @@ def load_tensors(info: TensorFileInfo, keys: list[str] | None = None, aligned=()
         try:
             with safe_open(str(path), framework="pt") as f, open(path, "rb", buffering=0) as raw:
                 for name in names:
-                    offset, nbytes = info.offsets[name]
+                    offset, nbytes = info.offsets.get(name, (0, 0))
                     if name in aligned and offset % alignment:
                         out[name] = _read_aligned(raw, *info.tensors[name], offset, nbytes)
                     else:

@@ -274,3 +274,17 @@ def test_fused_qkv_int8_file_splits_rows_and_scales(tmp_path, tiny_models):
     k = model.get_submodule("layers.0.attention.to_k").weight
     assert torch.equal(k._data, fused[dim: 2 * dim])
     assert torch.equal(k._scale, qsd["layers.0.attention.qkv.weight._scale"][dim: 2 * dim].float())
+
+
+def test_new_alternative_keeps_the_file_in_use_first(tmp_path):
+    """A text encoder taken from an all-in-one checkpoint (no list in the JSON) stays the default after quantize."""
+    from core.finetunes import add_alternative
+    from core.registry import ModelDef
+
+    aio, int8 = tmp_path / "aio.safetensors", tmp_path / "te_quanto_bf16_int8.safetensors"
+    aio.write_bytes(b"x")
+    int8.write_bytes(b"x")
+    model_def = ModelDef("mine", {"architecture": "z_image", "URLs": str(aio)}, sources=[str(tmp_path / "mine.json")])
+    written = add_alternative(tmp_path / "ft", model_def, "text_encoder_URLs", int8, FileLocator(tmp_path), aio)
+    data = json.loads(written.read_text())
+    assert data["model"]["text_encoder_URLs"] == [str(aio.resolve()), str(int8.resolve())]

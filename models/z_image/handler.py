@@ -58,6 +58,7 @@ class QuantizedFile:
     field: str  # the model JSON field listing the component's files
     path: Path
     written: bool  # False: the file was already there and is kept
+    source: Path | None = None  # the bf16 file or folder it was made from
 
 
 class ZImageHandler:
@@ -232,7 +233,7 @@ class ZImageHandler:
             single = source.is_file() and K.components_in(read_header(source).tensors) == [comp]
             target = Path(folder) / Q.int8_file_name(source.name if single else f"{model_def.type}_{comp}")
             if target.exists():
-                done.append(QuantizedFile(comp, COMPONENTS[comp], target, False))
+                done.append(QuantizedFile(comp, COMPONENTS[comp], target, False, source))
                 continue
             if comp == "transformer":
                 model = loader.load_transformer(source, model_def.model.get("config", {}), torch.bfloat16)
@@ -244,7 +245,7 @@ class ZImageHandler:
             tensors = Q.quantized_state_dict(state_dict_for_file(model), modules)
             Path(folder).mkdir(parents=True, exist_ok=True)
             Q.save_atomically(tensors, target, Q.int8_metadata(modules, config))
-            done.append(QuantizedFile(comp, COMPONENTS[comp], target, True))
+            done.append(QuantizedFile(comp, COMPONENTS[comp], target, True, source))
             del model, tensors
         return done
 
