@@ -69,7 +69,8 @@ def child(config: dict) -> dict:
             "peak_ram_bytes": max(st["peak_ram_bytes"] for st in stages),
             "peak_vram_bytes": max((st.get("peak_vram_bytes", 0) for st in stages), default=0),
             "profile_applied": engine.model.load_info.get("profile"),
-            "files": {k: Path(v).name for k, v in engine.model.files.items() if k in ("transformer", "text_encoder")}}
+            "file_names": {k: Path(v).name for k, v in engine.model.files.items()
+                           if k in ("transformer", "text_encoder")}}
 
 
 def machine() -> dict:
@@ -159,7 +160,7 @@ def main():
     for config in configs:
         reason = skipped.get(config["quantization"])
         result = {"skipped": reason} if reason else run(config)
-        rows.append({"profile": config["profile"], "files": config["quantization"], **result})
+        rows.append({"profile": config["profile"], "quantization": config["quantization"], **result})
         print(f"done: profile {config['profile']}, {config['quantization']}: "
               f"{result.get('error') or result.get('skipped') or 'ok'}", file=sys.stderr)
 
@@ -168,11 +169,11 @@ def main():
     print(f"{'profile':<9}{'files':<7}{'s / image':>11}{'peak VRAM':>12}{'peak RAM':>11}{'load':>9}")
     for row in rows:
         if "seconds_per_image" in row:
-            print(f"{str(row['profile']):<9}{row['files']:<7}{row['seconds_per_image']:>9.2f} s"
+            print(f"{str(row['profile']):<9}{row['quantization']:<7}{row['seconds_per_image']:>9.2f} s"
                   f"{row['peak_vram_bytes'] / GIB:>8.2f} GiB{row['peak_ram_bytes'] / GIB:>7.2f} GiB"
                   f"{row['load_seconds']:>7.1f} s")
         else:
-            print(f"{str(row['profile']):<9}{row['files']:<7}  {row.get('error') or row.get('skipped')}")
+            print(f"{str(row['profile']):<9}{row['quantization']:<7}  {row.get('error') or row.get('skipped')}")
     print(json.dumps({"bench": "gpu", "machine": info, "size": base["size"], "steps": base["steps"],
                       "model": base["model"], "rows": rows}))
 

@@ -222,12 +222,13 @@ class ZImageHandler:
         from models.z_image import loader
         from models.z_image.tiny import state_dict_for_file
 
-        bf16 = LoadOptions(transformer_quantization="bf16", text_encoder_quantization="bf16")
+        unknown = sorted(set(components) - {"transformer", "text_encoder"})
+        if unknown:
+            raise UserError(f"cannot quantize the {', '.join(unknown)}: only the transformer and the text encoder")
+        bf16 = LoadOptions(**{f"{comp}_quantization": "bf16" for comp in components})
         statuses = {s.component: s for s in self.file_status(model_def, locator, bf16)}
         done = []
         for comp in components:
-            if comp not in ("transformer", "text_encoder"):
-                raise UserError(f"cannot quantize the {comp}: only the transformer and the text encoder")
             status = statuses[comp]
             source = status.path or locator.download(parse_ref(status.source), status.size)
             single = source.is_file() and K.components_in(read_header(source).tensors) == [comp]
