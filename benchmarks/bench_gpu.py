@@ -168,12 +168,13 @@ def main():
           f"median of {base['repeats']}\n")
     print(f"{'profile':<9}{'files':<7}{'s / image':>11}{'peak VRAM':>12}{'peak RAM':>11}{'load':>9}")
     for row in rows:
+        profile = "none" if row["profile"] is None else str(row["profile"])
         if "seconds_per_image" in row:
-            print(f"{str(row['profile']):<9}{row['quantization']:<7}{row['seconds_per_image']:>9.2f} s"
-                  f"{row['peak_vram_bytes'] / GIB:>8.2f} GiB{row['peak_ram_bytes'] / GIB:>7.2f} GiB"
-                  f"{row['load_seconds']:>7.1f} s")
+            vram = f"{row['peak_vram_bytes'] / GIB:.2f} GiB" if row["peak_vram_bytes"] else "-"
+            print(f"{profile:<9}{row['quantization']:<7}{row['seconds_per_image']:>9.2f} s{vram:>12}"
+                  f"{row['peak_ram_bytes'] / GIB:>7.2f} GiB{row['load_seconds']:>7.1f} s")
         else:
-            print(f"{str(row['profile']):<9}{row['quantization']:<7}  {row.get('error') or row.get('skipped')}")
+            print(f"{profile:<9}{row['quantization']:<7}  {row.get('error') or row.get('skipped')}")
     print(json.dumps({"bench": "gpu", "machine": info, "size": base["size"], "steps": base["steps"],
                       "model": base["model"], "rows": rows}))
 

@@ -22,7 +22,13 @@ def pick_device(name: str | None = None):
     import torch
 
     if name:
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise SettingsError(f"--device {name!r} is not a torch device such as cuda, cuda:1 or cpu") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SettingsError(f"--device {name}: PyTorch sees no CUDA GPU (a CPU-only PyTorch build, or no driver)")
+        return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

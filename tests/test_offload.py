@@ -165,3 +165,11 @@ def test_importing_mmgp_changes_nothing_and_files_cross_both_ways(tiny_model_jso
     assert found["transformers_from_pretrained"] is True, found["transformers_from_pretrained"]
     assert found["mmgp_file_int8_layers"] > 0 and found["mmgp_file_rel_error"] < 0.05
     assert found["our_file_read_by_mmgp"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_asking_for_cuda_without_it_is_one_clear_error(capsys):
+    from core.cli import main
+
+    assert main(["models", "--device", "cuda"]) == 2
+    assert "PyTorch sees no CUDA GPU" in capsys.readouterr().err
