@@ -15,8 +15,12 @@ import base64
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.errors import ModelFileError
+
+if TYPE_CHECKING:  # torch and quanto are imported where used: header checks and the CLI stay light
+    import torch
 
 DATA, SCALE = ".weight._data", ".weight._scale"
 ACTIVATION_SCALES = ("input_scale", "output_scale")

@@ -119,7 +119,8 @@ def write_raw_safetensors(path: Path, tensors: dict, metadata: dict) -> Path:
     header, pos = {}, 0
     for name, t in tensors.items():
         size = t.numel() * t.element_size()
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [pos, pos + size]}
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [pos, pos + size]}
         pos += size
     header["__metadata__"] = metadata
     raw = json.dumps(header).encode()
@@ -139,7 +140,8 @@ def write_wan2gp_int8(path: Path, model, stacks=("layers.",), scale_dtype=torch.
     out, qmap = {}, {}
     for name, t in sd.items():
         module = name[: -len(".weight")]
-        if name.endswith(".weight") and name.startswith(stacks) and type(model.get_submodule(module)) is torch.nn.Linear:
+        linear = name.endswith(".weight") and type(model.get_submodule(module)) is torch.nn.Linear
+        if linear and name.startswith(stacks):
             out[f"{module}.weight._data"], out[f"{module}.weight._scale"] = quantize_rows(t, scale_dtype)
             out[f"{module}.input_scale"] = torch.ones((), dtype=scale_dtype)
             out[f"{module}.output_scale"] = torch.ones((), dtype=scale_dtype)

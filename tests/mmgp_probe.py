@@ -41,7 +41,6 @@ def main(model_json: Path, work: Path) -> None:
     from models.z_image.tiny import state_dict_for_file
 
     found = {}
-    folder = model_json.parent
     int8_tr = work / "ours_quanto_bf16_int8.safetensors"
     reference = tiny.make_transformer().to(torch.bfloat16)
     modules = Q.block_linears(reference)
