@@ -35,7 +35,32 @@ def common_options(subcommand: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--text-encoder", metavar="FILE_OR_DIR",
                    help="use this Qwen3-4B-shaped text encoder (file or folder) instead of the model type's")
     g.add_argument("--vae", metavar="FILE_OR_DIR", help="use this Flux-style 16-channel VAE instead of the model type's")
+    g.add_argument("--finetunes", metavar="DIR", help="your model JSONs; `quantize` adds its files here "
+                                                      "(default: finetunes/)")
+    memory_options(p)
     return p
+
+
+def memory_options(p: argparse.ArgumentParser) -> None:
+    """Which files (INT8 or bf16) are loaded, and how the GPU's memory is managed."""
+    from core.load_options import ATTENTION_CHOICES, PROFILE_CHOICES, QUANTIZATION_CHOICES
+
+    g = p.add_argument_group("memory and precision")
+    g.add_argument("--transformer-quantization", choices=QUANTIZATION_CHOICES,
+                   help="which of the model's transformer files: int8 (half the memory), bf16, or auto (default: "
+                        "the first one on disk, else the first listed)")
+    g.add_argument("--text-encoder-quantization", choices=QUANTIZATION_CHOICES,
+                   help="the same choice for the Qwen3 text encoder")
+    g.add_argument("--profile", type=int, choices=PROFILE_CHOICES,
+                   help="mmgp memory profile on CUDA, 1 (64 GB RAM, 24 GB VRAM: fastest) to 5 (24 GB RAM, 10 GB "
+                        "VRAM: slowest); 0 = none, all on the GPU (default: suggested for this machine)")
+    g.add_argument("--preload", type=int, dest="preload_mb", metavar="MB",
+                   help="MB of the transformer kept in VRAM with profiles 2, 4, 5 (default: the profile's)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the transformer's blocks (CUDA profiles)")
+    g.add_argument("--attention", choices=ATTENTION_CHOICES, help="attention kernel (default sdpa; flash and sage "
+                                                                  "need their packages and CUDA)")
+    g.add_argument("--vram-safety-coefficient", type=float, metavar="X",
+                   help="share of VRAM a profile may fill with weights, 0-1 (default 0.8)")
 
 
 def generate_options(p: argparse.ArgumentParser) -> None:
@@ -105,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("make-test-model", parents=[common],
                           help="write a tiny random-weight model (draws noise) and its model JSON, for offline tries")
     tiny.add_argument("folder")
+    quant = sub.add_parser("quantize", parents=[common],
+                           help="write INT8 copies of a model type's bf16 files (the format Wan2GP reads and writes)")
+    quant.add_argument("--model", required=True, help="model type whose files to quantize")
+    quant.add_argument("--component", choices=["all", "transformer", "text_encoder"], default="all")
+    quant.add_argument("--output", metavar="DIR", help="folder for the INT8 files (default: --checkpoints)")
     from core import ui_options
 
     ui_options.add(parser)
@@ -120,8 +150,8 @@ def main(argv=None) -> int:
 
             return ui_options.launch(args)
         return {"generate": cmd_generate, "enhance": cmd_enhance, "models": cmd_models, "settings": cmd_settings,
-                "loras": cmd_loras,
-                "make-test-model": cmd_make_test_model}[args.command](args)
+                "loras": cmd_loras, "make-test-model": cmd_make_test_model,
+                "quantize": cmd_quantize}[args.command](args)
     except (SettingsError, ModelDefinitionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -136,9 +166,10 @@ def main(argv=None) -> int:
 def make_engine(args):
     from core.engine import Engine
     from core.files import FileLocator
-    from core.registry import Registry
+    from core.registry import ROOT, Registry
 
-    registry = Registry(extra_files=[Path(p) for p in args.model_def])
+    folders = (ROOT / "defaults", Path(args.finetunes) if args.finetunes else ROOT / "finetunes")
+    registry = Registry(folders, extra_files=[Path(p) for p in args.model_def])
     locator = FileLocator(Path(args.checkpoints), Path(args.comfyui_models) if args.comfyui_models else None)
     if args.comfyui_models and not Path(args.comfyui_models).is_dir():
         raise UserError(f"--comfyui-models {args.comfyui_models}: no such folder")
@@ -150,7 +181,16 @@ def make_engine(args):
                 raise UserError(f"--{flag.replace('_', '-')} {path}: no such file or folder")
             overrides[field] = str(Path(path).resolve())
     lora_dirs = {h.family: h.lora_dir(args) for h in set(registry.handlers.values())}
-    return Engine(registry, locator, args.dtype, args.device, overrides, lora_dirs)
+    return Engine(registry, locator, args.dtype, args.device, load_options_from_args(args), overrides, lora_dirs)
+
+
+def load_options_from_args(args):
+    from core.load_options import LoadOptions
+
+    given = {name: getattr(args, name, None) for name in (
+        "transformer_quantization", "text_encoder_quantization", "profile", "preload_mb", "compile", "attention",
+        "vram_safety_coefficient")}
+    return LoadOptions(**{k: v for k, v in given.items() if v is not None and v is not False}).validate()
 
 
 SETTING_FLAGS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "cfg_truncation",
@@ -214,7 +254,7 @@ def cmd_generate(args) -> int:
     settings = settings_from_args(engine, args)
     if not args.prompt and not args.settings_from:
         raise SettingsError("--prompt is required (or --settings-from a PNG)")
-    for note in engine.check(settings):
+    for note in engine.check(settings) + engine.startup_notes():
         print(f"note: {note}", file=sys.stderr)
     for warning in engine.apply_loras(settings):
         print(f"warning: {warning}", file=sys.stderr)
@@ -222,6 +262,10 @@ def cmd_generate(args) -> int:
     print(file=sys.stderr)
     if results and results[0].settings.original_prompt:
         print(f"enhanced prompt: {results[0].settings.prompt}", file=sys.stderr)
+    if results and results[0].memory:
+        from core.memory import summary
+
+        print(f"peak memory: {summary(results[0].memory)}", file=sys.stderr)
     for path, result in zip(engine.save(results, Path(args.output)), results):
         print(f"{path}\tseed {result.settings.seed}")
     return 0
@@ -258,10 +302,13 @@ def cmd_models(args) -> int:
         state = "" if caps.available else "  [generation not available in this version]"
         print(f"{name}: {model_def.name} ({model_def.architecture}){state}")
         try:
-            for status in handler.file_status(model_def, engine.locator):
+            for status in handler.file_status(model_def, engine.locator, engine.options):
                 where = f"present  {status.path}" if status.path else \
                     f"missing  will download {status.source} ({human_size(status.size)})"
-                print(f"    {status.component:<13} {where}")
+                print(f"    {status.component:<13} {where}" + (f"  [{status.kind}]" if status.kind else ""))
+            choices = handler.quantization_choices(model_def, engine.locator)
+            if any(len(kinds) > 1 for kinds in choices.values()):
+                print("    alternatives: " + ", ".join(f"{c} {'/'.join(k)}" for c, k in choices.items()))
         except UserError as exc:
             print(f"    problem: {exc}")
     return 0
@@ -308,4 +355,28 @@ def cmd_make_test_model(args) -> int:
     path = write_test_model(Path(args.folder))
     print(f"wrote a tiny random-weight test model (it draws noise, not pictures): {path}")
     print(f"try: python app.py generate --model-def {path} --model {path.stem} --prompt 'a test'")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from core.finetunes import add_alternative, shadowed_by
+
+    engine = make_engine(args)
+    model_def = engine.registry.get(args.model)
+    handler = engine.registry.handler(args.model)
+    components = ["transformer", "text_encoder"] if args.component == "all" else [args.component]
+    folder = Path(args.output) if args.output else engine.locator.checkpoints
+    for done in handler.quantize(model_def, engine.locator, components, folder):
+        verb = "wrote" if done.written else "kept the existing"
+        print(f"{done.component}: {verb} {done.path} ({human_size(done.path.stat().st_size)})")
+        listed_in = add_alternative(engine.registry.user_folder, model_def, done.field, done.path, engine.locator,
+                                    done.source)
+        if listed_in:
+            print(f"    added to {listed_in} as an alternative in \"{done.field}\"")
+            shadow = shadowed_by(model_def, engine.registry.folders)
+            if shadow:
+                print(f"note: {shadow} (--model-def) overrides that: add {done.path} to its \"{done.field}\" list",
+                      file=sys.stderr)
+    print(f"use them: python app.py generate --model {args.model} --transformer-quantization int8 "
+          "--text-encoder-quantization int8 --prompt ...")
     return 0

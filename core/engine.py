@@ -10,6 +10,7 @@ from pathlib import Path
 from core import APP_NAME, APP_VERSION
 from core.errors import SettingsError
 from core.files import FileLocator
+from core.load_options import LoadOptions
 from core.outputs import save_png
 from core.registry import Registry
 from core.settings import GenerationSettings
@@ -22,7 +23,13 @@ def pick_device(name: str | None = None):
     import torch
 
     if name:
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise SettingsError(f"--device {name!r} is not a torch device such as cuda, cuda:1 or cpu") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SettingsError(f"--device {name}: PyTorch sees no CUDA GPU (a CPU-only PyTorch build, or no driver)")
+        return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -41,11 +48,13 @@ class Engine:
     """Holds at most one loaded model type; loads on demand, generates, saves."""
 
     def __init__(self, registry: Registry, locator: FileLocator, dtype: str | None = None,
-                 device: str | None = None, overrides: dict | None = None, lora_dirs: dict | None = None):
+                 device: str | None = None, options: LoadOptions | None = None, overrides: dict | None = None,
+                 lora_dirs: dict | None = None):
         self.registry = registry
         self.locator = locator
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
+        self.options = (options or LoadOptions()).validate()
         self.overrides = dict(overrides or {})  # model JSON component field -> path, for every type
         self.model = None
         self._loaded_key = None
@@ -55,6 +64,20 @@ class Engine:
     def set_overrides(self, overrides: dict) -> None:
         """Swap components (e.g. {"text_encoder_URLs": path, "vae_URLs": path}); reloads on next use."""
         self.overrides = {k: v for k, v in overrides.items() if v}
+
+    def configure(self, **changes) -> LoadOptions:
+        """Change load options (INT8/bf16 files, memory profile...); the loaded model is dropped if they differ."""
+        options = self.options.replace(**changes)
+        if options != self.options:
+            self.unload()
+            self.options = options
+        return options
+
+    def startup_notes(self) -> list[str]:
+        """What to tell the user once about memory management here (profile chosen, or no CUDA)."""
+        from core.offload import startup_notes
+
+        return startup_notes(self.options, self.device)
 
     def settings_for(self, model_type: str, **overrides) -> GenerationSettings:
         return self.registry.default_settings(model_type, **overrides)
@@ -92,11 +115,14 @@ class Engine:
         model_def = self.registry.get(model_type)
         if self.overrides:
             model_def = dataclasses.replace(model_def, model={**model_def.model, **self.overrides})
-        self.model = self.registry.handler(model_type).load(model_def, self.locator, self.dtype, self.device)
+        self.model = self.registry.handler(model_type).load(model_def, self.locator, self.dtype, self.device,
+                                                            self.options)
         self._loaded_key = key
         return self.model
 
     def unload(self) -> None:
+        if self.model is not None and getattr(self.model, "placement", None) is not None:
+            self.model.placement.release()
         self.model = None
         self._loaded_key = None
         gc.collect()
@@ -141,6 +167,7 @@ class Engine:
             "files": {k: Path(v).name for k, v in self.model.files.items()},
             "loras": self.lora_library(settings.model_type).record(settings.loras) if settings else [],
             "dtype": str(self.dtype).replace("torch.", ""), "device": self.device.type,
+            "load": dict(getattr(self.model, "load_info", {})),
             "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                          "transformers": transformers.__version__, "python": platform.python_version()},
         }
@@ -152,5 +179,6 @@ class Engine:
             targets = [folder / f"{stem}_{i + 1}.png" for i in range(len(results))]
         else:
             targets = [output] * len(results)
-        return [save_png(r.image, r.settings, self.record(r.batch_index, r.settings), t)
+        return [save_png(r.image, r.settings, {**self.record(r.batch_index, r.settings),
+                                               "memory": getattr(r, "memory", {})}, t)
                 for r, t in zip(results, targets)]

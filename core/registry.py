@@ -52,6 +52,8 @@ class Registry:
     """Loads model types once; finetunes override defaults field by field."""
 
     def __init__(self, folders=(ROOT / "defaults", ROOT / "finetunes"), extra_files=()):
+        self.folders = [Path(f) for f in folders]
+        self.user_folder = self.folders[-1] if self.folders else ROOT / "finetunes"  # where overrides are written
         self.handlers = discover_handlers()
         raw: dict[str, dict] = {}
         sources: dict[str, list[str]] = {}

@@ -28,6 +28,7 @@ class TensorFileInfo:
     tensors: dict[str, tuple[str, tuple[int, ...]]]
     metadata: dict[str, str] = field(default_factory=dict)
     sources: dict[str, Path] = field(default_factory=dict)  # tensor name -> file holding it
+    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (byte offset in its file, bytes)
 
     @property
     def name(self) -> str:
@@ -68,16 +69,17 @@ def read_header(path: str | os.PathLike) -> TensorFileInfo:
         raise ModelFileError(path, "corrupt safetensors header (not valid JSON): the file is damaged or not "
                                    "a safetensors file") from None
     metadata = header.pop("__metadata__", None) or {}
-    tensors, end = _check_entries(path, header)
+    tensors, offsets, end = _check_entries(path, header)
     if 8 + n + end != size:
         got, want = size, 8 + n + end
         what = "truncated (incomplete download?)" if got < want else "longer than its header says (corrupt?)"
         raise ModelFileError(path, f"{what}: the header needs {want:,} bytes, the file has {got:,}")
-    return TensorFileInfo([path], tensors, dict(metadata), {k: path for k in tensors})
+    offsets = {k: (8 + n + start, stop - start) for k, (start, stop) in offsets.items()}
+    return TensorFileInfo([path], tensors, dict(metadata), {k: path for k in tensors}, offsets)
 
 
-def _check_entries(path: Path, header: dict) -> tuple[dict, int]:
-    tensors, end = {}, 0
+def _check_entries(path: Path, header: dict) -> tuple[dict, dict, int]:
+    tensors, offsets, end = {}, {}, 0
     for key, entry in header.items():
         try:
             dtype, shape, (start, stop) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
@@ -89,8 +91,9 @@ def _check_entries(path: Path, header: dict) -> tuple[dict, int]:
         if stop < start or (dtype in _DTYPE_SIZES and dtype != "F4" and stop - start != count * _DTYPE_SIZES[dtype]):
             raise ModelFileError(path, f"corrupt safetensors header (tensor '{key}' has wrong offsets)")
         tensors[key] = (dtype, shape)
+        offsets[key] = (start, stop)
         end = max(end, stop)
-    return tensors, end
+    return tensors, offsets, end
 
 
 def read_headers(paths: list[Path]) -> TensorFileInfo:
@@ -100,6 +103,7 @@ def read_headers(paths: list[Path]) -> TensorFileInfo:
     for info in infos:
         merged.tensors.update(info.tensors)
         merged.sources.update(info.sources)
+        merged.offsets.update(info.offsets)
         merged.metadata.update(info.metadata)
     return merged
 
@@ -116,20 +120,52 @@ def weight_files_in(folder: Path) -> list[Path]:
     return files
 
 
-def load_tensors(info: TensorFileInfo, keys: list[str] | None = None) -> dict:
-    """Memory-mapped tensors (zero-copy: pages are read when first used, never held twice)."""
+def load_tensors(info: TensorFileInfo, keys: list[str] | None = None, aligned=(), alignment: int = 64) -> dict:
+    """Memory-mapped tensors (zero-copy: pages are read when first used, never held twice).
+
+    Tensors named in `aligned` must start on an `alignment`-byte boundary (int8 matmul kernels crash on
+    others). The mapping starts at the file's first byte, so one whose file offset is unaligned would be
+    unaligned in memory: it is read from the file into fresh aligned memory instead, without mapping it
+    (so its bytes are in memory once, not mapped and copied).
+    """
     from safetensors import safe_open
 
     wanted = info.tensors.keys() if keys is None else keys
+    aligned = set(aligned)
     by_file: dict[Path, list[str]] = {}
     for key in wanted:
         by_file.setdefault(info.sources[key], []).append(key)
     out = {}
     for path, names in by_file.items():
         try:
-            with safe_open(str(path), framework="pt") as f:
+            with safe_open(str(path), framework="pt") as f, open(path, "rb", buffering=0) as raw:
                 for name in names:
-                    out[name] = f.get_tensor(name)
+                    offset, nbytes = info.offsets.get(name, (0, 0))
+                    if name in aligned and offset % alignment:
+                        out[name] = _read_aligned(raw, *info.tensors[name], offset, nbytes)
+                    else:
+                        out[name] = f.get_tensor(name)
+        except ModelFileError:
+            raise
         except Exception as exc:  # safetensors raises its own types for damaged files
             raise ModelFileError(path, f"cannot read tensors: {exc}") from None
     return out
+
+
+_TORCH_DTYPES = {"I8": "int8", "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64", "BF16": "bfloat16",
+                 "F16": "float16", "F32": "float32", "F64": "float64", "BOOL": "bool"}
+
+
+def _read_aligned(raw, dtype: str, shape: tuple, offset: int, nbytes: int):
+    """A tensor read from the file into new memory (torch allocates 64-byte aligned blocks)."""
+    import torch
+
+    buffer = torch.empty(nbytes, dtype=torch.uint8)
+    view, done = memoryview(buffer.numpy()), 0
+    raw.seek(offset)
+    while done < nbytes:  # one read returns at most about 2 GB
+        got = raw.readinto(view[done:])
+        if not got:
+            raise ModelFileError(raw.name, "the file ended before a tensor's data (truncated?)")
+        done += got
+    return buffer.view(getattr(torch, _TORCH_DTYPES[dtype])).reshape(shape)

@@ -49,6 +49,8 @@ def launch(args, block: bool = True):
     from core.ui import build_ui
 
     engine = make_engine(args)
+    for note in engine.startup_notes():
+        print(f"note: {note}", file=sys.stderr)
     if args.lock_model:
         engine.registry.get(args.lock_model)  # unknown type: clear error before serving
     logins = parse_logins(args.auth, args.auth_file)

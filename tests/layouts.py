@@ -96,3 +96,59 @@ def write_diffusers_repo(folder: Path, models: dict, tokenizer) -> Path:
                           transformer=models["transformer"])
     pipe.save_pretrained(str(folder), safe_serialization=True)
     return folder
+
+
+# ---- Wan2GP / mmgp INT8 files (written here independently of the app's quantizer) -----------------
+
+_SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float32: "F32", torch.int8: "I8", torch.float16: "F16"}
+
+
+def _b64(obj) -> str:
+    return base64.b64encode(json.dumps(obj).encode()).decode()
+
+
+def quantize_rows(weight: torch.Tensor, scale_dtype=torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row absmax INT8: (int8 data, scale [rows, 1])."""
+    scale = (weight.float().abs().amax(dim=1, keepdim=True) / 127).clamp(min=1e-12).to(scale_dtype)
+    data = (weight.float() / scale.float()).round().clamp(-127, 127).to(torch.int8)
+    return data, scale
+
+
+def write_raw_safetensors(path: Path, tensors: dict, metadata: dict) -> Path:
+    """Tensors in the given order with no padding, as mmgp's writer does (so int8 data often starts unaligned)."""
+    header, pos = {}, 0
+    for name, t in tensors.items():
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [pos, pos + size]}
+        pos += size
+    header["__metadata__"] = metadata
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little") + raw)
+        for t in tensors.values():
+            t = t.contiguous()
+            fh.write((t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+    return path
+
+
+def write_wan2gp_int8(path: Path, model, stacks=("layers.",), scale_dtype=torch.bfloat16) -> Path:
+    """A `*_quanto_bf16_int8.safetensors` file as Wan2GP ships it: bf16, the Linear layers of the repeated
+    stacks as quanto INT8 (`weight._data`, `weight._scale`, `input_scale`, `output_scale`), the quantization
+    map and the model config in the header."""
+    sd = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state_dict_for_file(model).items()}
+    out, qmap = {}, {}
+    for name, t in sd.items():
+        module = name[: -len(".weight")]
+        linear = name.endswith(".weight") and type(model.get_submodule(module)) is torch.nn.Linear
+        if linear and name.startswith(stacks):
+            out[f"{module}.weight._data"], out[f"{module}.weight._scale"] = quantize_rows(t, scale_dtype)
+            out[f"{module}.input_scale"] = torch.ones((), dtype=scale_dtype)
+            out[f"{module}.output_scale"] = torch.ones((), dtype=scale_dtype)
+            qmap[module] = {"weights": "qint8", "activations": "none"}
+        else:
+            out[name] = t
+    config = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    meta = {"quantization_format": "quanto", "quantization_map_base64": _b64(qmap), "config_base64": _b64(config)}
+    return write_raw_safetensors(path, out, meta)

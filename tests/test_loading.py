@@ -137,10 +137,10 @@ def test_foreign_family_named(tmp_path, key, family):
         loader.load_transformer(tmp_path / "f.safetensors", {}, torch.float32)
 
 
-def test_quanto_int8_file_named(tmp_path):
-    save_file({"layers.0.attention.to_q.weight._data": torch.zeros(2, 2, dtype=torch.int8)},
-              str(tmp_path / "q.safetensors"))
-    with pytest.raises(ModelFileError, match="INT8"):
+@pytest.mark.parametrize("key,words", [("scaled_fp8", "scaled-fp8"), ("layers.0.attention.qweight", "SVDQ")])
+def test_unsupported_quantized_formats_named(tmp_path, key, words):  # quanto INT8 files load: tests/test_int8.py
+    save_file({key: torch.zeros(2, 2)}, str(tmp_path / "q.safetensors"))
+    with pytest.raises(ModelFileError, match=words):
         loader.load_transformer(tmp_path / "q.safetensors", {}, torch.float32)
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import quantization as Q
 from core.capabilities import Capabilities
 from core.errors import ModelFileError, SettingsError, UserError
 from core.files import FileLocator, as_list, parse_ref
+from core.load_options import LoadOptions
 from core.settings import GenerationSettings
+from models.z_image import keys as K
 from models.z_image.config import VAE_SCALE
 
 _CONTROL_V1 = ("canny", "hed", "depth", "pose", "mlsd")
@@ -46,6 +49,7 @@ DEFAULTS = {
 # component -> model JSON field ("control" only where the type has "modules")
 COMPONENTS = {"transformer": "URLs", "control": "modules", "text_encoder": "text_encoder_URLs",
               "vae": "vae_URLs", "tokenizer": "tokenizer"}
+QUANTIZABLE = ("transformer", "control", "text_encoder")  # components with INT8 / bf16 alternatives
 
 
 @dataclass
@@ -54,6 +58,16 @@ class ComponentStatus:
     path: Path | None  # on disk (None: to download)
     source: str  # the reference it came from
     size: int | None = None
+    kind: str = ""  # "int8" or "bf16" for the components that have both
+
+
+@dataclass
+class QuantizedFile:
+    component: str
+    field: str  # the model JSON field listing the component's files
+    path: Path
+    written: bool  # False: the file was already there and is kept
+    source: Path | None = None  # the bf16 file or folder it was made from
 
 
 class ZImageHandler:
@@ -104,17 +118,21 @@ class ZImageHandler:
 
     # ---- files -------------------------------------------------------------------------------
 
-    def file_status(self, model_def, locator: FileLocator) -> list[ComponentStatus]:
-        """Each component: where it is on disk, or what would be downloaded."""
+    def file_status(self, model_def, locator: FileLocator, options: LoadOptions | None = None) \
+            -> list[ComponentStatus]:
+        """Each component: where it is on disk, or what would be downloaded (INT8 or bf16 as `options` ask)."""
+        options = options or LoadOptions()
         found: dict[str, ComponentStatus] = {}
         for comp, field_name in COMPONENTS.items():
             if comp != "control" or field_name in model_def.model:
-                found[comp] = self._locate(model_def, comp, field_name, locator, found)
+                found[comp] = self._locate(model_def, comp, field_name, locator, found, options.quantization(comp))
         return list(found.values())
 
-    def _locate(self, model_def, comp, field_name, locator, found) -> ComponentStatus:
+    def _locate(self, model_def, comp, field_name, locator, found, want="auto") -> ComponentStatus:
         refs = [parse_ref(r) for r in as_list(model_def.model.get(field_name))]
         comfy = as_list(model_def.model.get("comfyui", {}).get(field_name))
+        if comp in QUANTIZABLE and want != "auto":
+            refs, comfy = self._of_kind(model_def, comp, field_name, refs, comfy, locator, want)
         path = locator.find(refs, comfy)
         if path is not None and comp == "transformer" and (path / "model_index.json").is_file():
             path = path / "transformer"  # a whole diffusers repo: its parts sit in subfolders
@@ -125,7 +143,33 @@ class ZImageHandler:
         sizes = model_def.model.get("file_sizes", {})
         ref = refs[0] if refs else None
         source = str(path) if path else ref.text
-        return ComponentStatus(comp, path, source, None if path else sizes.get(ref.filename))
+        kind = Q.kind_of(path.name if path else ref.filename, path) if comp in QUANTIZABLE else ""
+        return ComponentStatus(comp, path, source, None if path else sizes.get(ref.filename), kind)
+
+    @staticmethod
+    def _of_kind(model_def, comp, field_name, refs, comfy, locator, want):
+        """The alternatives of the wanted kind; a clear error when the model JSON lists none."""
+        refs = [r for r in refs if Q.kind_of(r.filename, locator.local_path(r)) == want]
+        comfy = [c for c in comfy if Q.kind_of(c, locator.comfyui_path([c])) == want]
+        if not refs and not comfy:
+            hint = (f"make one with `python app.py quantize --model {model_def.type}`" if want == "int8"
+                    else f"add a bf16 file to the model JSON's \"{field_name}\" list")
+            raise UserError(f"model type {model_def.type} lists no {want.upper()} file for its {comp}: {hint}, or "
+                            f"choose --{comp.replace('_', '-')}-quantization auto")
+        return refs, comfy
+
+    def quantization_choices(self, model_def, locator: FileLocator) -> dict[str, list[str]]:
+        """For the UI: the file kinds ("int8", "bf16") each quantizable component offers, in listed order."""
+        choices = {}
+        for comp in QUANTIZABLE:
+            field_name = COMPONENTS[comp]
+            refs = [parse_ref(r) for r in as_list(model_def.model.get(field_name))]
+            comfy = as_list(model_def.model.get("comfyui", {}).get(field_name))
+            kinds = [Q.kind_of(r.filename, locator.local_path(r)) for r in refs]
+            kinds += [Q.kind_of(c, locator.comfyui_path([c])) for c in comfy]
+            if kinds:
+                choices[comp] = list(dict.fromkeys(kinds))
+        return choices
 
     @staticmethod
     def _from_neighbours(comp, found) -> Path | None:
@@ -136,11 +180,10 @@ class ZImageHandler:
             if tr.path.name == "transformer" and sibling.is_dir():
                 return sibling
             if tr.path.is_file() and comp in ("text_encoder", "vae"):
-                from models.z_image.keys import components_in
                 from models.z_image.loader import open_weights
 
                 try:
-                    if comp in components_in(open_weights(tr.path).tensors):
+                    if comp in K.components_in(open_weights(tr.path).tensors):
                         return tr.path
                 except ModelFileError:
                     return None  # a broken transformer file is reported when it is loaded
@@ -151,12 +194,12 @@ class ZImageHandler:
                 return folder
         return None
 
-    def fetch(self, model_def, locator: FileLocator) -> dict[str, Path]:
+    def fetch(self, model_def, locator: FileLocator, options: LoadOptions | None = None) -> dict[str, Path]:
         """Every component's path, downloading what is missing."""
         from models.z_image.loader import TOKENIZER_FILES
 
         paths = {}
-        for status in self.file_status(model_def, locator):
+        for status in self.file_status(model_def, locator, options):
             if status.path is None:
                 ref = parse_ref(status.source)
                 status.path = locator.download(ref, status.size, TOKENIZER_FILES if ref.folder else ())
@@ -165,15 +208,19 @@ class ZImageHandler:
 
     # ---- load and run -------------------------------------------------------------------------
 
-    def load(self, model_def, locator: FileLocator, dtype, device):
+    def load(self, model_def, locator: FileLocator, dtype, device, options: LoadOptions | None = None):
+        """Load the files `options` choose (INT8 or bf16), then place them: a memory profile on CUDA, else
+        `.to(device)`."""
+        from core import offload
         from models.z_image import loader
         from models.z_image.pipeline import ZImageModel
         from models.z_image.text import PromptEncoder
 
+        options = options or LoadOptions()
         if not CAPABILITIES[model_def.architecture].available:
             raise UserError(f"{model_def.type}: generation for the {model_def.architecture} architecture is not "
                             "available in this version yet (its files and settings are defined)")
-        paths = self.fetch(model_def, locator)
+        paths = self.fetch(model_def, locator, options)
         transformer = loader.load_transformer(paths["transformer"], model_def.model.get("config", {}), dtype)
         if CAPABILITIES[model_def.architecture].unified_sampler and not hasattr(transformer, "t_embedder_2"):
             raise ModelFileError(paths["transformer"], "this is not a TwinFlow transformer: it has no second time "
@@ -183,9 +230,49 @@ class ZImageHandler:
         tokenizer = loader.load_tokenizer(paths["tokenizer"])
         vae = loader.load_vae(paths["vae"], dtype)
         _check_fit(paths, transformer, text_encoder, vae)
-        encoder = PromptEncoder(text_encoder.to(device), tokenizer)
-        return ZImageModel(model_def.type, transformer.to(device), encoder, vae.to(device), dtype, device,
-                           {k: str(v) for k, v in paths.items()})
+        placement = offload.place({"transformer": transformer, "text_encoder": text_encoder, "vae": vae},
+                                  options, device, dtype)
+        load_info = {c: Q.kind_of(p.name, p) for c, p in paths.items() if c in QUANTIZABLE}
+        load_info.update(profile=placement.profile, attention=options.attention)
+        return ZImageModel(model_def.type, transformer, PromptEncoder(text_encoder, tokenizer), vae, dtype, device,
+                           {k: str(v) for k, v in paths.items()}, placement=placement, load_info=load_info)
+
+    def quantize(self, model_def, locator: FileLocator, components, folder: Path) -> list[QuantizedFile]:
+        """Write INT8 (quanto, Wan2GP's layout) copies of the components' bf16 files into `folder`
+        (downloading a missing bf16 file); a file already there is kept, not overwritten."""
+        import torch
+
+        from core.safetensors_io import read_header
+        from models.z_image import loader
+        from models.z_image.tiny import state_dict_for_file
+
+        unknown = sorted(set(components) - {"transformer", "text_encoder"})
+        if unknown:
+            raise UserError(f"cannot quantize the {', '.join(unknown)}: only the transformer and the text encoder")
+        bf16 = LoadOptions(**{f"{comp}_quantization": "bf16" for comp in components})
+        statuses = {s.component: s for s in self.file_status(model_def, locator, bf16)}
+        done = []
+        for comp in components:
+            status = statuses[comp]
+            source = status.path or locator.download(parse_ref(status.source), status.size)
+            single = source.is_file() and K.components_in(read_header(source).tensors) == [comp]
+            target = Path(folder) / Q.int8_file_name(source.name if single else f"{model_def.type}_{comp}")
+            if target.exists():
+                done.append(QuantizedFile(comp, COMPONENTS[comp], target, False, source))
+                continue
+            if comp == "transformer":
+                model = loader.load_transformer(source, model_def.model.get("config", {}), torch.bfloat16)
+                config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+            else:
+                model = loader.load_text_encoder(source, torch.bfloat16)
+                config = {**model.config.to_dict(), "architectures": [type(model).__name__]}
+            modules = Q.block_linears(model)
+            tensors = Q.quantized_state_dict(state_dict_for_file(model), modules)
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            Q.save_atomically(tensors, target, Q.int8_metadata(modules, config))
+            done.append(QuantizedFile(comp, COMPONENTS[comp], target, True, source))
+            del model, tensors
+        return done
 
     @staticmethod
     def preview(model, latents):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from core.errors import ModelFileError
+from core.quantization import plain_name
 
 TRANSFORMER_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "")
 TEXT_ENCODER_PREFIXES = ("text_encoders.qwen3_4b.transformer.", "text_encoder.", "")
@@ -28,8 +29,7 @@ FOREIGN_FAMILIES = [
     ("control_all_x_embedder.", "a Fun-ControlNet control module (it belongs in a control model type's \"modules\")"),
 ]
 LORA_MARKERS = ("lora_A.", "lora_B.", "lora_down.", "lora_up.", ".lokr_", ".hada_")
-QUANT_MARKERS = [
-    (".weight._data", "an INT8 (quanto) file: INT8 weights are not supported by this version; use the bf16 file"),
+QUANT_MARKERS = [  # quanto INT8 files (`.weight._data`) are read: see core.quantization
     ("scaled_fp8", "a ComfyUI scaled-fp8 file: not supported; use the bf16 file"),
     (".weight_scale", "a ComfyUI mixed-quantization file: not supported; use the bf16 file"),
     (".qweight", "a Nunchaku SVDQ file: not supported; use the bf16 file"),
@@ -57,6 +57,11 @@ def check_supported_format(path, keys) -> None:
             raise ModelFileError(path, f"this is {message}")
 
 
+def plain_keys(keys) -> set[str]:
+    """Names as an unquantized file has them (an INT8 weight's `.weight._data` read as `.weight`)."""
+    return {plain_name(k) for k in keys}
+
+
 def _find_prefix(keys, prefixes, probe: str) -> str | None:
     for prefix in prefixes:
         if prefix + probe in keys:
@@ -68,6 +73,7 @@ def _find_prefix(keys, prefixes, probe: str) -> str | None:
 
 def find_transformer(keys) -> tuple[str, str] | None:
     """(prefix, "diffusers" | "original") of the transformer inside a file, or None."""
+    keys = plain_keys(keys)
     for probe, style in (("all_x_embedder.2-1.weight", "diffusers"), ("x_embedder.weight", "original")):
         prefix = _find_prefix(keys, TRANSFORMER_PREFIXES, probe)
         if prefix is not None and prefix + "cap_embedder.1.weight" in keys:
@@ -88,7 +94,8 @@ _DROPPED = {"norm_final.weight"}  # a stray tensor in some ComfyUI exports; the 
 def transformer_plan(shapes: dict, prefix: str, style: str) -> dict:
     """diffusers name -> (source name, row range | None) for the transformer part of a file."""
     plan = {}
-    dim = shapes[f"{prefix}{'all_x_embedder.2-1' if style == 'diffusers' else 'x_embedder'}.weight"][0]
+    embedder = f"{prefix}{'all_x_embedder.2-1' if style == 'diffusers' else 'x_embedder'}.weight"
+    dim = (shapes.get(embedder) or shapes[embedder + "._data"])[0]
     for src, shape in shapes.items():
         if not src.startswith(prefix):
             continue
@@ -96,8 +103,8 @@ def transformer_plan(shapes: dict, prefix: str, style: str) -> dict:
         if style == "original":
             if name in _DROPPED:
                 continue
-            if name.endswith(".attention.qkv.weight"):
-                plan.update(_split_qkv(src, name, shape[0], dim))
+            if ".attention.qkv." in name:
+                plan.update(_split_qkv(src, name, shape, dim))
                 continue
             name = original_to_diffusers(name)
         plan[name] = (src, None)
@@ -111,11 +118,14 @@ def original_to_diffusers(name: str) -> str:
     return name
 
 
-def _split_qkv(src: str, name: str, rows: int, dim: int) -> dict:
-    base = name[: -len("qkv.weight")]
+def _split_qkv(src: str, name: str, shape: tuple, dim: int) -> dict:
+    """A fused qkv tensor's rows in three (a weight, or INT8 data with its per-row scales); a scalar
+    activation scale of an INT8 qkv is shared by the three."""
+    base, _, suffix = name.partition(".attention.qkv.")
+    rows = shape[0] if shape else 0
     kv = (rows - dim) // 2  # grouped-query files have shorter k and v
     ranges = {"to_q": (0, dim), "to_k": (dim, dim + kv), "to_v": (dim + kv, rows)}
-    return {f"{base}{part}.weight": (src, r) for part, r in ranges.items()}
+    return {f"{base}.attention.{part}.{suffix}": (src, r if shape else None) for part, r in ranges.items()}
 
 
 def plan_shapes(plan: dict, shapes: dict) -> dict:
@@ -136,6 +146,7 @@ def count_blocks(names, stem: str) -> int:
 
 def find_text_encoder(keys) -> str | None:
     """The prefix before `model.embed_tokens.weight` (Qwen3ForCausalLM names), or None."""
+    keys = plain_keys(keys)
     for prefix in TEXT_ENCODER_PREFIXES:
         if prefix + "model.embed_tokens.weight" in keys and prefix + "model.layers.0.self_attn.q_proj.weight" in keys:
             return prefix
@@ -155,6 +166,7 @@ def text_encoder_plan(keys, prefix: str) -> dict:
 
 def find_vae(keys) -> tuple[str, str] | None:
     """(prefix, "diffusers" | "ldm") of a VAE inside a file, or None."""
+    keys = plain_keys(keys)
     for probe, style in (("encoder.down_blocks.0.resnets.0.conv1.weight", "diffusers"),
                          ("encoder.down.0.block.0.conv1.weight", "ldm")):
         prefix = _find_prefix(keys, VAE_PREFIXES, probe)
@@ -168,7 +180,7 @@ def components_in(keys) -> list[str]:
     found = []
     if find_transformer(keys):
         found.append("transformer")
-    if find_text_encoder(keys):
+    if find_text_encoder(keys) is not None:  # "" (no prefix) is a match
         found.append("text_encoder")
     if find_vae(keys):
         found.append("vae")

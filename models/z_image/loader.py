@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from core import quantization as Q
 from core.errors import ModelFileError
 from core.safetensors_io import TensorFileInfo, load_tensors, read_header, read_headers, weight_files_in
 from core.weights import assign_weights, build_empty, check_shapes
@@ -50,13 +51,29 @@ def _not_found(info: TensorFileInfo, what: str) -> ModelFileError:
 
 
 def _materialize(plan: dict, info: TensorFileInfo) -> dict:
-    sources = load_tensors(info, sorted({src for src, _ in plan.values()}))
-    return {name: (sources[src] if rows is None else sources[src][rows[0]:rows[1]])
+    sources = sorted({src for src, _ in plan.values()})
+    tensors = load_tensors(info, sources, aligned=[s for s in sources if s.endswith(Q.DATA)])
+    return {name: (tensors[src] if rows is None else tensors[src][rows[0]:rows[1]])
             for name, (src, rows) in plan.items()}
 
 
+def _int8_modules(plan: dict, info: TensorFileInfo) -> list[str]:
+    """The planned modules stored as INT8 (checked: quanto qint8 weights with their scales)."""
+    entries = {name: info.tensors[src] for name, (src, _) in plan.items()}
+    return Q.check_quantized(info.name, entries, info.metadata)
+
+
+def _fill(model, plan: dict, info: TensorFileInfo, int8: list[str], dtype: torch.dtype, tied=()) -> None:
+    """Swap the INT8 modules in (still on the meta device), then make the file's tensors the weights."""
+    if int8:
+        Q.install_int8_linears(model, int8, dtype, info.name)
+    tensors = _materialize(plan, info)
+    assign_weights(model, Q.complete_tensors(tensors, int8, dtype) if int8 else tensors, dtype, tied)
+
+
 def load_transformer(path: Path, overrides: dict, dtype: torch.dtype):
-    """ZImageTransformer2DModel (plus TwinFlow's `t_embedder_2` when the file has it)."""
+    """ZImageTransformer2DModel (plus TwinFlow's `t_embedder_2` when the file has it); INT8 layers of a
+    quanto file become quanto QLinear layers."""
     from diffusers import ZImageTransformer2DModel
     from diffusers.models.transformers.transformer_z_image import TimestepEmbedder
 
@@ -67,7 +84,8 @@ def load_transformer(path: Path, overrides: dict, dtype: torch.dtype):
         raise _not_found(info, "Z-Image transformer")
     shapes_in = {k: v[1] for k, v in info.tensors.items()}
     plan = K.transformer_plan(shapes_in, *found)
-    shapes = K.plan_shapes(plan, shapes_in)
+    int8 = _int8_modules(plan, info)
+    shapes = Q.logical_shapes(K.plan_shapes(plan, shapes_in), int8)
     base = folder_config(path) or metadata_config(info.metadata)
     config = infer_transformer_config(info.name, shapes, base, overrides)
 
@@ -80,12 +98,12 @@ def load_transformer(path: Path, overrides: dict, dtype: torch.dtype):
 
     model = build_empty(factory)
     check_shapes(model, shapes, info.name, "Z-Image transformer")
-    assign_weights(model, _materialize(plan, info), dtype)
+    _fill(model, plan, info, int8, dtype)
     return model
 
 
 def load_text_encoder(path: Path, dtype: torch.dtype):
-    """Qwen3ForCausalLM; a tied output head shares the input embedding's storage."""
+    """Qwen3ForCausalLM; a tied output head shares the input embedding's storage. INT8 files as above."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     info = open_weights(path)
@@ -94,12 +112,13 @@ def load_text_encoder(path: Path, dtype: torch.dtype):
     if prefix is None:
         raise _not_found(info, "Qwen3 text encoder")
     plan = K.text_encoder_plan(info.tensors, prefix)
-    shapes = K.plan_shapes(plan, {k: v[1] for k, v in info.tensors.items()})
+    int8 = _int8_modules(plan, info)
+    shapes = Q.logical_shapes(K.plan_shapes(plan, {k: v[1] for k, v in info.tensors.items()}), int8)
     config = Qwen3Config(**infer_qwen3_config(info.name, shapes, folder_config(path)))
     model = build_empty(lambda: Qwen3ForCausalLM(config))
     tied = ("lm_head.weight",) if config.tie_word_embeddings else ()
     check_shapes(model, shapes, info.name, "Qwen3 text encoder", tied=tied)
-    assign_weights(model, _materialize(plan, info), dtype, tied)
+    _fill(model, plan, info, int8, dtype, tied)
     if tied:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from core.lora.apply import scheduled
+from core.memory import MemoryMonitor, log_report
 from core.samplers import SAMPLERS
 from core.schedules import SCHEDULES, rescale, step_index, twinflow_times
 from core.settings import GenerationSettings
@@ -32,6 +33,8 @@ class ZImageModel:
     passes: int = 0  # transformer forward passes, for the benchmark and tests
     preview_projection: torch.Tensor | None = None  # latent -> RGB map for live previews, fitted on first use
     loras: object = None  # core.lora.apply.LoraStack once a LoRA was attached (models/z_image/lora.py)
+    placement: object = None  # core.offload.Placement: the memory profile applied, if any
+    load_info: dict = field(default_factory=dict)  # file kinds and profile, for the PNG record
 
 
 @dataclass
@@ -39,6 +42,7 @@ class GeneratedImage:
     image: object  # PIL.Image
     settings: GenerationSettings  # the exact settings that reproduce this image (its run's seed)
     batch_index: int
+    memory: dict = field(default_factory=dict)  # peak RAM/VRAM per stage of the call that made it
 
 
 def initial_noise(settings: GenerationSettings, generator: torch.Generator, channels: int) -> torch.Tensor:
@@ -177,9 +181,11 @@ def compose_model_fn(model: ZImageModel, settings: GenerationSettings, captions,
 def generate(model: ZImageModel, settings: GenerationSettings, callback=None) -> list[GeneratedImage]:
     """All images for `settings` (count runs of batch_size images, seeds seed, seed+1, ...)."""
     settings = settings.with_seed()
+    memory = MemoryMonitor(model.device)
     with_negative = settings.guidance_scale > 0 or nag_wanted(settings)
     prompts = [settings.prompt] + ([settings.negative_prompt] if with_negative else [])
-    feats = model.encoder.encode(prompts, settings.text_hidden_layer)
+    with memory.stage("text encoding"):
+        feats = model.encoder.encode(prompts, settings.text_hidden_layer)
     negative = feats[1] if with_negative else None
     schedule = schedule_for(settings, model.device)
     nag = make_nag(model, settings, negative)
@@ -192,7 +198,14 @@ def generate(model: ZImageModel, settings: GenerationSettings, callback=None) ->
         generator = torch.Generator("cpu").manual_seed(seed)
         x = initial_noise(settings, generator, model.transformer.config.in_channels).to(model.device)
         step_cb = (lambda i, n, lat, r=run: callback(r, i, n, lat)) if callback else None
-        latents = sampler(model_fn, x, schedule, callback=step_cb, generator=generator)
+        with memory.stage("denoising"):
+            latents = sampler(model_fn, x, schedule, callback=step_cb, generator=generator)
+        with memory.stage("decoding"):
+            images = decode(model, latents)
         run_settings = dataclasses.replace(settings, seed=seed, count=1)
-        results += [GeneratedImage(img, run_settings, b) for b, img in enumerate(decode(model, latents))]
+        results += [GeneratedImage(img, run_settings, b) for b, img in enumerate(images)]
+    report = memory.as_dict()
+    log_report(report)
+    for result in results:
+        result.memory = report
     return results

@@ -54,7 +54,7 @@ class PromptEncoder:
     def _run(self, prompts: list[str], hidden_layer: int) -> list[torch.Tensor]:
         enc = self.tokenizer([self.template(p) for p in prompts], padding="longest", max_length=MAX_TOKENS,
                              truncation=True, return_tensors="pt")
-        device = self.text_encoder.model.embed_tokens.weight.device
+        device = self.text_encoder.device  # an mmgp profile reports the GPU its hooks move weights to
         ids, mask = enc.input_ids.to(device), enc.attention_mask.to(device).bool()
         hidden = self._hidden_state(ids, mask, hidden_layer)
         self.calls += 1

@@ -1,0 +1,186 @@
+"""GPU benchmark for users: seconds per 1024x1024 image, peak VRAM and peak RAM, for each memory profile and
+for bf16 vs INT8 files. It prints a table and one JSON line to paste into an issue.
+
+Run it with your Z-Image files in place (the same flags as the app find them):
+  python benchmarks/bench_gpu.py [--model z_image] [--profiles 1,2,3,4,5] [--quantizations bf16,int8]
+         [--steps 8] [--size 1024] [--repeats 2] [--checkpoints DIR] [--comfyui-models DIR] [--download]
+Each configuration runs in its own process: a profile pins RAM and hooks the models for the life of a
+process, and peak figures must not carry over. Configurations whose files are not on disk are skipped
+(make INT8 files with `python app.py quantize --model z_image`, or pass --download).
+Without a CUDA GPU it says so and runs a reduced check on the CPU instead (a small random model, bf16 vs
+INT8, no profile), which tests the script, not your hardware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+GIB = 2**30
+
+
+def child(config: dict) -> dict:
+    """One configuration: load (timed), warm up, then time `repeats` images; peaks over loading and generating."""
+    import torch
+
+    from core.engine import Engine
+    from core.files import FileLocator
+    from core.load_options import LoadOptions
+    from core.memory import MemoryMonitor
+    from core.registry import ROOT as APP_ROOT, Registry
+
+    options = LoadOptions(profile=config["profile"], transformer_quantization=config["quantization"],
+                          text_encoder_quantization=config["quantization"])
+    registry = Registry((APP_ROOT / "defaults", Path(config["finetunes"])),
+                        extra_files=[Path(p) for p in config["model_defs"]])
+    comfy = Path(config["comfyui"]) if config["comfyui"] else None
+    engine = Engine(registry, FileLocator(Path(config["checkpoints"]), comfy), None, config["device"], options)
+    monitor = MemoryMonitor(engine.device)
+    t0 = time.perf_counter()
+    with monitor.stage("loading"):
+        engine.load(config["model"])
+    load_seconds = time.perf_counter() - t0
+    s = engine.settings_for(config["model"], prompt="a red fox in fresh snow, golden hour, detailed fur", seed=42,
+                            num_inference_steps=config["steps"], width=config["size"], height=config["size"])
+    engine.generate(s)  # warm-up (and first-use compilation with --compile)
+    times, stages = [], [monitor.as_dict()["loading"]]
+    for _ in range(config["repeats"]):
+        if engine.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        results = engine.generate(s)
+        if engine.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        stages += list(results[0].memory.values())
+    return {"seconds_per_image": statistics.median(times), "load_seconds": load_seconds,
+            "peak_ram_bytes": max(st["peak_ram_bytes"] for st in stages),
+            "peak_vram_bytes": max((st.get("peak_vram_bytes", 0) for st in stages), default=0),
+            "profile_applied": engine.model.load_info.get("profile"),
+            "file_names": {k: Path(v).name for k, v in engine.model.files.items()
+                           if k in ("transformer", "text_encoder")}}
+
+
+def machine() -> dict:
+    import psutil
+    import torch
+
+    info = {"os": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "ram_gib": round(psutil.virtual_memory().total / GIB, 1)}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, vram_gib=round(props.total_memory / GIB, 1), cuda=torch.version.cuda)
+    return info
+
+
+def files_present(model: str, quantization: str, args) -> str | None:
+    """None when the configuration's files are on disk, else what is missing."""
+    from core.cli import make_engine
+    from core.load_options import LoadOptions
+
+    engine = make_engine(args)
+    engine.options = LoadOptions(transformer_quantization=quantization, text_encoder_quantization=quantization)
+    model_def = engine.registry.get(model)
+    try:
+        statuses = engine.registry.handler(model).file_status(model_def, engine.locator, engine.options)
+    except Exception as exc:  # a UserError saying the model lists no such file
+        return str(exc)
+    missing = [s.source for s in statuses if s.path is None]
+    return f"not on disk: {', '.join(missing)}" if missing else None
+
+
+def run(config: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(config)], capture_output=True, text=True)
+    if out.returncode:
+        tail = (out.stderr.strip().splitlines() or ["failed"])[-1]
+        return {"error": tail}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def reduced_cpu_setup(folder: Path) -> tuple[Path, str]:
+    """The small random model of bench_int8 with bf16 and INT8 files (no weights needed)."""
+    from benchmarks.bench_int8 import TYPE, build
+
+    return build(folder), TYPE
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="z_image")
+    ap.add_argument("--profiles", default="1,2,3,4,5")
+    ap.add_argument("--quantizations", default="bf16,int8")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--checkpoints", default="ckpts")
+    ap.add_argument("--comfyui-models")
+    ap.add_argument("--model-def", action="append", default=[])
+    ap.add_argument("--finetunes", default=str(ROOT / "finetunes"))
+    ap.add_argument("--download", action="store_true", help="download missing files instead of skipping")
+    args = ap.parse_args()
+    import torch
+
+    info = machine()
+    profiles = [int(p) for p in args.profiles.split(",")]
+    quantizations = args.quantizations.split(",")
+    base = dict(model=args.model, steps=args.steps, size=args.size, repeats=args.repeats, device=None,
+                checkpoints=args.checkpoints, comfyui=args.comfyui_models, model_defs=args.model_def,
+                finetunes=args.finetunes)
+    if torch.cuda.is_available():
+        title = f"GPU benchmark: {info['gpu']} ({info['vram_gib']} GiB), {info['ram_gib']} GiB RAM"
+        configs = [dict(base, profile=p, quantization=q) for q in quantizations for p in profiles]
+        ns = argparse.Namespace(checkpoints=args.checkpoints, comfyui_models=args.comfyui_models, dtype=None,
+                                device=None, model_def=args.model_def, finetunes=args.finetunes)
+        skipped = {} if args.download else {q: files_present(args.model, q, ns) for q in quantizations}
+    else:
+        print("No CUDA GPU: memory profiles need one, so this is a reduced check on the CPU (a small random "
+              "model, bf16 vs INT8, no profile). It tests the script, not a GPU: run it on a machine with an "
+              "NVIDIA GPU to get figures worth reporting.\n", file=sys.stderr)
+        folder = Path(tempfile.mkdtemp(prefix="zimage-bench-gpu-"))
+        finetunes, model = reduced_cpu_setup(folder)
+        base.update(model=model, device="cpu", checkpoints=str(folder), finetunes=str(finetunes),
+                    size=min(args.size, 512), steps=min(args.steps, 4), repeats=1)
+        title = f"REDUCED CPU CHECK (no GPU; not a GPU figure), {info['ram_gib']} GiB RAM"
+        configs = [dict(base, profile=None, quantization=q) for q in quantizations]
+        skipped = {}
+
+    rows = []
+    for config in configs:
+        reason = skipped.get(config["quantization"])
+        result = {"skipped": reason} if reason else run(config)
+        rows.append({"profile": config["profile"], "quantization": config["quantization"], **result})
+        print(f"done: profile {config['profile']}, {config['quantization']}: "
+              f"{result.get('error') or result.get('skipped') or 'ok'}", file=sys.stderr)
+
+    print(f"\n{title}; {base['size']}x{base['size']}, {base['steps']} steps, model {base['model']}, "
+          f"median of {base['repeats']}\n")
+    print(f"{'profile':<9}{'files':<7}{'s / image':>11}{'peak VRAM':>12}{'peak RAM':>11}{'load':>9}")
+    for row in rows:
+        profile = "none" if row["profile"] is None else str(row["profile"])
+        if "seconds_per_image" in row:
+            vram = f"{row['peak_vram_bytes'] / GIB:.2f} GiB" if row["peak_vram_bytes"] else "-"
+            print(f"{profile:<9}{row['quantization']:<7}{row['seconds_per_image']:>9.2f} s{vram:>12}"
+                  f"{row['peak_ram_bytes'] / GIB:>7.2f} GiB{row['load_seconds']:>7.1f} s")
+        else:
+            print(f"{profile:<9}{row['quantization']:<7}  {row.get('error') or row.get('skipped')}")
+    print(json.dumps({"bench": "gpu", "machine": info, "size": base["size"], "steps": base["steps"],
+                      "model": base["model"], "rows": rows}))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        print(json.dumps(child(json.loads(sys.argv[2]))))
+    else:
+        main()
