@@ -93,7 +93,7 @@ def test_seed_variance_only_in_early_steps(engine):
     s = engine.settings_for("z_image_tiny_test", prompt="a cat", seed_variance=1.0, seed_variance_steps=0.5,
                             num_inference_steps=4, batch_size=2)
     sigmas = shifted_simple(4, 3.0)
-    captions = varied_captions(cond, s, seed=1, sigmas=sigmas)
+    captions = varied_captions(cond, s, seed=1, schedule=sigmas)
     early, late = captions(sigmas[1]), captions(sigmas[2])
     assert not torch.equal(early[0], cond) and not torch.equal(early[0], early[1])  # per image in the batch
     assert all(torch.equal(c, cond) for c in late)

@@ -184,7 +184,7 @@ def test_step_window(engine):
 
     def guided_passes(start, end, sampler):
         nag = NegativeAttentionGuidance(model.transformer, negative, 3.0, 2.5, 0.25, start, end)
-        sampler(nag.wrap(make_model_fn(model, s, cond, None), sigmas), x, sigmas)
+        sampler(nag.wrap(make_model_fn(model, s, lambda sigma: [cond] * x.shape[0], None), sigmas), x, sigmas)
         return nag.guided_passes
 
     from core.samplers import sample_euler
@@ -218,5 +218,5 @@ def test_notes_follow_nag(engine):
     s = engine.settings_for("z_image_tiny_test", prompt="a cat", negative_prompt="a dog")
     assert HANDLER.notes(s, "z_image") == []
     assert "NAG" in HANDLER.notes(dataclasses.replace(s, nag_scale=1.0), "z_image")[0]
-    assert "negative prompt" in HANDLER.notes(dataclasses.replace(s, negative_prompt=""), "z_image")[0]
+    assert HANDLER.notes(dataclasses.replace(s, negative_prompt=""), "z_image") == []  # NAG's default state
     assert HANDLER.notes(dataclasses.replace(s, guidance_scale=4.0), "z_image_base")

@@ -115,8 +115,9 @@ def test_one_step_is_the_clean_prediction_from_the_noise(twin_engine):
     out = latents(twin_engine, s)[0]
     model = twin_engine.model
     z = initial_noise(s, torch.Generator("cpu").manual_seed(5), 16)
-    f = make_twinflow_fn(model, model.encoder.encode([s.prompt])[0])(z, torch.tensor(0.999, dtype=torch.float64),
-                                                                     torch.tensor(0.0, dtype=torch.float64))
+    captions = model.encoder.encode([s.prompt]) * z.shape[0]
+    f = make_twinflow_fn(model, lambda t: captions)(z, torch.tensor(0.999, dtype=torch.float64),
+                                                    torch.tensor(0.0, dtype=torch.float64))
     np.testing.assert_allclose(out, (z - 0.999 * f)[0].numpy(), rtol=1e-5, atol=1e-5)
 
 
