@@ -9,7 +9,7 @@ from pathlib import Path
 
 from core.errors import ModelDefinitionError, SettingsError, UserError
 from core.files import human_size
-from core.settings import size_presets
+from core.settings import CONTROL_FITS, CONTROL_MODES, DEPTH_MODELS, size_presets
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,6 +55,25 @@ def generate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default="outputs", metavar="FILE_OR_DIR",
                    help="folder (default outputs/) or a .png name; existing files are never overwritten")
     p.add_argument("--settings-from", metavar="PNG", help="start from the settings stored in a PNG made by this app")
+    control_options(p)
+
+
+def control_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("control (control model types: z_image_control, z_image_control2, z_image_control2_1)")
+    g.add_argument("--control-image", metavar="IMAGE", help="picture to follow (turned into a map by --control-mode)")
+    g.add_argument("--control-mode", choices=list(CONTROL_MODES),
+                   help="pose, canny, depth, gray: made from the picture; raw: the picture is a ready map (HED, "
+                        "scribble, MLSD, tile, ...); none: no map, inpaint only (default raw)")
+    g.add_argument("--control-weight", type=float, help="strength of control, 0-2 (model default, about 0.75-0.9)")
+    g.add_argument("--control-start", type=float, help="fraction of the steps where control starts (default 0)")
+    g.add_argument("--control-end", type=float, help="fraction of the steps where control ends (default 1)")
+    g.add_argument("--control-fit", choices=list(CONTROL_FITS),
+                   help="fit the picture to the output size: crop (default), fit (letterbox), or image (output "
+                        "size from the picture's aspect ratio)")
+    g.add_argument("--mask", metavar="IMAGE", help="inpaint (2.x): white = repaint, the rest of --control-image kept")
+    g.add_argument("--canny-low", type=int, help="canny low threshold (default 100)")
+    g.add_argument("--canny-high", type=int, help="canny high threshold (default 200)")
+    g.add_argument("--depth-model", choices=list(DEPTH_MODELS), help="Depth Anything V2 size (default small)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = common_options(subcommand=True)
     gen = sub.add_parser("generate", parents=[common], help="generate images from the command line")
     generate_options(gen)
+    cmap = sub.add_parser("control-map", parents=[common],
+                          help="save the control map a control model would follow (pose, canny, depth, ...)")
+    generate_options(cmap)
     sub.add_parser("models", parents=[common], help="list model types and whether their files are present")
     show = sub.add_parser("settings", parents=[common], help="print the settings stored in a PNG")
     show.add_argument("png")
@@ -85,7 +107,7 @@ def main(argv=None) -> int:
 
             return ui_options.launch(args)
         return {"generate": cmd_generate, "models": cmd_models, "settings": cmd_settings,
-                "make-test-model": cmd_make_test_model}[args.command](args)
+                "make-test-model": cmd_make_test_model, "control-map": cmd_control_map}[args.command](args)
     except (SettingsError, ModelDefinitionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -111,11 +133,17 @@ def make_engine(args):
 
 SETTING_FLAGS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "cfg_truncation",
                  "cfg_normalization", "flow_shift", "sampler", "width", "height", "batch_size", "count")
+CONTROL_FLAGS = ("control_image", "control_mode", "control_weight", "control_start", "control_end", "control_fit",
+                 "mask", "canny_low", "canny_high", "depth_model")
+PATH_FLAGS = ("control_image", "mask")
 
 
 def settings_from_args(engine, args):
     """Model defaults < the PNG's settings (--settings-from) < flags given on the command line."""
-    overrides = {k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in SETTING_FLAGS + CONTROL_FLAGS if getattr(args, k) is not None}
+    for k in PATH_FLAGS:  # absolute, so the PNG's settings still find the file from another folder
+        if overrides.get(k):
+            overrides[k] = str(Path(overrides[k]).expanduser().resolve())
     if args.aspect and not (args.width or args.height):
         overrides["width"], overrides["height"] = size_presets(args.megapixels)[args.aspect]
     base = {}
@@ -142,6 +170,22 @@ def cmd_generate(args) -> int:
     print(file=sys.stderr)
     for path, result in zip(engine.save(results, Path(args.output)), results):
         print(f"{path}\tseed {result.settings.seed}")
+    return 0
+
+
+def cmd_control_map(args) -> int:
+    from core import APP_NAME, APP_VERSION
+    from core.outputs import save_png
+
+    engine = make_engine(args)
+    if not args.prompt:
+        args.prompt = "control map"  # the map does not depend on the prompt
+    settings = settings_from_args(engine, args)
+    image = engine.control_map(settings)
+    output = Path(args.output)
+    target = output if output.suffix.lower() == ".png" else output / f"control_map_{settings.control_mode}.png"
+    path = save_png(image, settings, {"app": f"{APP_NAME} {APP_VERSION}", "kind": "control map"}, target)
+    print(f"{path}\t{settings.control_mode} map, {image.width}x{image.height}")
     return 0
 
 

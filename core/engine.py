@@ -82,6 +82,14 @@ class Engine:
         model = self.load(settings.model_type)
         return self.registry.handler(settings.model_type).generate(model, settings, callback)
 
+    def control_map(self, settings: GenerationSettings):
+        """The control map `settings` would condition on (PIL RGB at the output size), without generating."""
+        self.check(settings)
+        handler = self.registry.handler(settings.model_type)
+        if not settings.control_image or not hasattr(handler, "control_map"):
+            raise SettingsError("no control image to make a map from")
+        return handler.control_map(settings, self.locator, self.device)
+
     def record(self, batch_index: int) -> dict:
         """What the PNG keeps besides the settings: files, precision and versions."""
         import diffusers

@@ -10,17 +10,17 @@ from core.errors import ModelFileError, SettingsError, UserError
 from core.files import FileLocator, as_list, parse_ref
 from core.settings import GenerationSettings
 
-_CONTROL_V1 = ("canny", "hed", "depth", "pose", "mlsd")
-_CONTROL_V2 = _CONTROL_V1 + ("scribble", "gray", "tile")
+# Control modes offered: preprocessors (pose, canny, depth, gray), a ready map (raw: HED, MLSD, scribble,
+# tile, ...), and for 2.x inpainting without a map (none).
+_CONTROL_V1 = ("pose", "canny", "depth", "raw")
+_CONTROL_V2 = ("pose", "canny", "depth", "gray", "raw", "none")
 
 CAPABILITIES = {
     "z_image": Capabilities(nag=True, step_range=(1, 50)),
     "z_image_base": Capabilities(cfg=True, step_range=(1, 100)),
-    "z_image_control": Capabilities(nag=True, control_modes=_CONTROL_V1, step_range=(1, 50), available=False),
-    "z_image_control2": Capabilities(nag=True, control_modes=_CONTROL_V2, inpaint=True, step_range=(1, 50),
-                                     available=False),
-    "z_image_control2_1": Capabilities(nag=True, control_modes=_CONTROL_V2, inpaint=True, step_range=(1, 50),
-                                       available=False),
+    "z_image_control": Capabilities(nag=True, control_modes=_CONTROL_V1, step_range=(1, 50)),
+    "z_image_control2": Capabilities(nag=True, control_modes=_CONTROL_V2, inpaint=True, step_range=(1, 50)),
+    "z_image_control2_1": Capabilities(nag=True, control_modes=_CONTROL_V2, inpaint=True, step_range=(1, 50)),
     "z_image_twinflow_turbo": Capabilities(nag=True, unified_sampler=True, shift=False, step_range=(1, 8),
                                            available=False),
 }
@@ -74,13 +74,19 @@ class ZImageHandler:
                                 "(negative prompts on such models work through NAG)")
         if settings.sampler not in caps.samplers:
             raise SettingsError(f"unknown sampler {settings.sampler!r} (available: {', '.join(caps.samplers)})")
+        _validate_control(settings, arch, caps)
 
     @staticmethod
     def notes(settings: GenerationSettings, arch: str) -> list[str]:
         """Warnings about settings that will have no effect."""
+        notes = []
         if settings.negative_prompt and not CAPABILITIES[arch].cfg:
-            return [f"the negative prompt has no effect on {arch} in this version (it needs NAG)"]
-        return []
+            notes.append(f"the negative prompt has no effect on {arch} in this version (it needs NAG)")
+        if CAPABILITIES[arch].control_modes and not settings.control_image:
+            notes.append(f"{arch} is a control model but no control image is given: generating without control")
+        elif settings.control_image and settings.control_weight == 0:
+            notes.append("control weight 0: the control image has no effect")
+        return notes
 
     # ---- files -------------------------------------------------------------------------------
 
@@ -160,14 +166,52 @@ class ZImageHandler:
         vae = loader.load_vae(paths["vae"], dtype)
         _check_fit(paths, transformer, text_encoder, vae)
         encoder = PromptEncoder(text_encoder.to(device), tokenizer)
-        return ZImageModel(model_def.type, transformer.to(device), encoder, vae.to(device), dtype, device,
-                           {k: str(v) for k, v in paths.items()})
+        model = ZImageModel(model_def.type, transformer.to(device), encoder, vae.to(device), dtype, device,
+                            {k: str(v) for k, v in paths.items()})
+        if "control" in paths:
+            model.control = _load_control(paths["control"], model, locator, dtype)
+        return model
 
     @staticmethod
     def generate(model, settings: GenerationSettings, callback=None):
         from models.z_image.pipeline import generate
 
         return generate(model, settings, callback)
+
+    @staticmethod
+    def control_map(settings: GenerationSettings, locator: FileLocator, device):
+        """The control map the model will see (PIL RGB at the output size), to show before generating."""
+        from models.z_image.control import output_size, pictures
+
+        return pictures(output_size(settings), locator, device).control_map
+
+
+def _validate_control(settings: GenerationSettings, arch: str, caps: Capabilities) -> None:
+    """Control settings against what the architecture can do; the named pictures must be usable images."""
+    if not settings.control_image:
+        return
+    if not caps.control_modes:
+        raise SettingsError(f"{arch} takes no control image: pick a control model type (z_image_control, "
+                            "z_image_control2, z_image_control2_1)")
+    if settings.control_mode not in caps.control_modes:
+        raise SettingsError(f"control mode {settings.control_mode!r} is not available on {arch} "
+                            f"(available: {', '.join(caps.control_modes)})")
+    if settings.mask and not caps.inpaint:
+        raise SettingsError(f"{arch} cannot inpaint: masks need Fun-ControlNet-Union 2.x (z_image_control2, "
+                            "z_image_control2_1)")
+    from core.images import load_mask, open_user_image
+
+    open_user_image(settings.control_image, "control image")
+    if settings.mask:
+        load_mask(settings.mask)
+
+
+def _load_control(path, model, locator, dtype):
+    from models.z_image.control import ControlModule
+    from models.z_image.control_loader import load_control
+
+    net, spec = load_control(path, model.transformer, dtype)
+    return ControlModule.attach(net.to(model.device), spec, locator, model.transformer)
 
 
 def _check_fit(paths, transformer, text_encoder, vae) -> None:

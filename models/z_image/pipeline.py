@@ -14,6 +14,7 @@ import torch
 from core.samplers import SAMPLERS
 from core.schedules import shifted_simple
 from core.settings import GenerationSettings
+from models.z_image.control import add_control, output_size
 
 VAE_SCALE = 8  # the VAE's down-sampling; the transformer's patch of 2 makes sizes multiples of 16
 
@@ -30,6 +31,7 @@ class ZImageModel:
     device: torch.device
     files: dict = field(default_factory=dict)
     passes: int = 0  # transformer forward passes, for the benchmark and tests
+    control: object = None  # models.z_image.control.ControlModule for control model types
 
 
 @dataclass
@@ -97,14 +99,14 @@ def decode(model: ZImageModel, latents: torch.Tensor) -> list:
 @torch.no_grad()
 def generate(model: ZImageModel, settings: GenerationSettings, callback=None) -> list[GeneratedImage]:
     """All images for `settings` (count runs of batch_size images, seeds seed, seed+1, ...)."""
-    settings = settings.with_seed()
+    settings = output_size(settings.with_seed())  # control_fit "image" takes the control image's aspect ratio
     cfg = settings.guidance_scale > 0
     prompts = [settings.prompt] + ([settings.negative_prompt] if cfg else [])
     feats = model.encoder.encode(prompts)
     cond, uncond = feats[0], (feats[1] if cfg else None)
     sampler, _ = SAMPLERS[settings.sampler]
     sigmas = shifted_simple(settings.num_inference_steps, settings.flow_shift).to(model.device)
-    model_fn = make_model_fn(model, settings, cond, uncond)
+    model_fn = add_control(model, settings, sigmas, make_model_fn(model, settings, cond, uncond))
     results = []
     for run in range(settings.count):
         seed = settings.seed + run

@@ -121,3 +121,34 @@ def write_test_model(folder, name: str = "z_image_tiny_test", dtype=torch.float3
     path = folder / f"{name}.json"
     path.write_text(json.dumps(model_json, indent=2))
     return path
+
+
+CONTROL_VERSIONS = {"1.0": None, "2.0": "control_noise_refiner", "2.1": "control_noise_refiner"}
+
+
+def make_control(transformer, version: str = "2.1", n_control: int | None = None, seed: int = 3):
+    """A random Fun-ControlNet-Union module for `transformer`, with the tensors an original file of `version` has.
+
+    2.0 files carry an untrained (all-zero projection) control refiner; 1.0 has 16 input channels, 2.x 33.
+    Every other weight is random, so control visibly changes the output.
+    """
+    from diffusers import ZImageControlNetModel
+
+    cfg = transformer.config
+    n_control = n_control or max(1, cfg.n_layers // 2)
+    inpaint = version != "1.0"
+    model = ZImageControlNetModel(
+        control_layers_places=[i * (cfg.n_layers // n_control) for i in range(n_control)],
+        control_refiner_layers_places=list(range(cfg.n_refiner_layers)) if inpaint else None,
+        control_in_dim=cfg.in_channels * 2 + 1 if inpaint else cfg.in_channels,
+        add_control_noise_refiner=CONTROL_VERSIONS[version], dim=cfg.dim, n_refiner_layers=cfg.n_refiner_layers,
+        n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads)
+    _randomize(model, seed)
+    if version == "2.0":
+        with torch.no_grad():
+            for block in model.control_noise_refiner:
+                for proj in ("before_proj", "after_proj"):
+                    if hasattr(block, proj):
+                        getattr(block, proj).weight.zero_()
+                        getattr(block, proj).bias.zero_()
+    return model.eval()
