@@ -223,9 +223,11 @@ def cmd_settings(args) -> int:
 
 
 def cmd_make_test_model(args) -> int:
-    from models.z_image.tiny import write_test_model
+    from models.z_image.tiny import write_control_test_model, write_test_model
 
     path = write_test_model(Path(args.folder))
+    control = write_control_test_model(Path(args.folder))
     print(f"wrote a tiny random-weight test model (it draws noise, not pictures): {path}")
+    print(f"and a tiny control model (Fun-ControlNet-Union 2.1, inpaint): {control}")
     print(f"try: python app.py generate --model-def {path} --model {path.stem} --prompt 'a test'")
     return 0

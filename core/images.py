@@ -100,16 +100,14 @@ def load_mask(path, what: str = "mask"):
 
 def size_for_aspect(image_size: tuple[int, int], width: int, height: int, multiple: int = 16,
                     lo: int = 256, hi: int = 4096) -> tuple[int, int]:
-    """An output size with the image's aspect ratio and about width x height pixels, sides multiples of 16."""
+    """An output size with the image's aspect ratio and about width x height pixels, sides multiples of 16
+    within lo..hi (an extreme ratio grows or shrinks as a whole to fit)."""
     iw, ih = image_size
-    area = width * height
-    w = math.sqrt(area * iw / ih)
+    w = math.sqrt(width * height * iw / ih)
     h = w * ih / iw
-
-    def snap(x):
-        return int(max(lo, min(hi, round(x / multiple) * multiple)))
-
-    return snap(w), snap(h)
+    scale = max(1.0, lo / min(w, h))
+    scale *= min(1.0, hi / max(w * scale, h * scale))
+    return tuple(int(max(lo, min(hi, round(x * scale / multiple) * multiple))) for x in (w, h))
 
 
 def fit_image(img, width: int, height: int, mode: str, fill=0):

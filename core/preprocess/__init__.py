@@ -26,7 +26,8 @@ def options_for(mode: str, settings) -> tuple:
 
 def control_map(image, mode: str, settings, locator, device):
     """The control map of `image` (PIL RGB) for `mode`, same size as `image`."""
-    key = (hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest(), image.size, mode, options_for(mode, settings))
+    key = (hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest(), image.size, mode, options_for(mode, settings),
+           str(getattr(locator, "checkpoints", "")))
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key].copy()
@@ -36,6 +37,10 @@ def control_map(image, mode: str, settings, locator, device):
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
     return result.copy()
+
+
+def clear_cache() -> None:
+    _CACHE.clear()
 
 
 def _run(image, mode, settings, locator, device):

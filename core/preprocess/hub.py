@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from core.errors import ModelFileError
-from core.files import FileLocator, parse_ref
+from core.errors import DownloadError, ModelFileError
+from core.files import FileLocator, human_size, parse_ref
 
 FILES = ("config.json", "preprocessor_config.json", "model.safetensors")
 
@@ -34,7 +34,12 @@ def fetch(model: HubModel, locator: FileLocator) -> Path:
     for name in FILES:
         ref = parse_ref(f"https://huggingface.co/{model.repo}/resolve/main/{name}")
         if local.local_path(ref) is None:
-            local.download(ref, model.weights_size if name == "model.safetensors" else None)
+            try:
+                local.download(ref, model.weights_size if name == "model.safetensors" else None)
+            except DownloadError as exc:
+                raise DownloadError(f"this preprocessor needs the model {model.repo} "
+                                    f"({human_size(model.weights_size)}): its files {', '.join(FILES)} go in "
+                                    f"{folder}. {exc}") from None
     return folder
 
 

@@ -45,16 +45,17 @@ def draw_pose(people, size: tuple[int, int], threshold: float = 0.3):
     from PIL import Image
 
     canvas = np.zeros((size[1], size[0], 3), np.uint8)
-    for keypoints, scores in people:
-        keypoints, scores = np.asarray(keypoints, float), np.asarray(scores, float)
+    people = [(np.asarray(k, float), np.asarray(s, float)) for k, s in people]
+    for keypoints, scores in people:  # every body first, then hands and faces on top (as DWPose draws)
         canvas = _draw_body(cv2, canvas, openpose_body(keypoints, scores, threshold))
-        if len(keypoints) >= 133:
-            for part in ("left_hand", "right_hand"):
-                idx = list(WHOLEBODY[part])
-                _draw_hand(cv2, canvas, keypoints[idx], scores[idx], threshold)
-            for i in WHOLEBODY["face"]:
-                if scores[i] >= threshold:
-                    cv2.circle(canvas, _px(keypoints[i]), 3, (255, 255, 255), thickness=-1)
+    for keypoints, scores in (p for p in people if len(p[0]) >= 133):
+        for part in ("left_hand", "right_hand"):
+            idx = list(WHOLEBODY[part])
+            _draw_hand(cv2, canvas, keypoints[idx], scores[idx], threshold)
+    for keypoints, scores in (p for p in people if len(p[0]) >= 133):
+        for i in WHOLEBODY["face"]:
+            if scores[i] >= threshold:
+                cv2.circle(canvas, _px(keypoints[i]), 3, (255, 255, 255), thickness=-1)
     return Image.fromarray(canvas, "RGB")
 
 
