@@ -110,8 +110,8 @@ def to_comfyui_control_keys(control_sd: dict, prefix: str = "") -> dict:
             parts = [control_sd[f"{base}.attention.to_{p}.weight"] for p in "qkv"]
             out[f"{prefix}{base}.attention.qkv.weight"] = torch.cat(parts).contiguous()
             continue
-        new = (name.replace(".attention.to_out.0.", ".attention.out.").replace(".attention.norm_q.", ".attention.q_norm.")
-               .replace(".attention.norm_k.", ".attention.k_norm."))
+        new = (name.replace(".attention.to_out.0.", ".attention.out.")
+               .replace(".attention.norm_q.", ".attention.q_norm.").replace(".attention.norm_k.", ".attention.k_norm."))
         out[prefix + new] = t
     return out
 

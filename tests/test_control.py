@@ -33,8 +33,8 @@ def ctl(tmp_path_factory):
     from core.registry import Registry
 
     folder = tmp_path_factory.mktemp("ctl")
-    parts = {"transformer": tiny.make_transformer(n_layers=6, refiner_layers=2), "text_encoder": tiny.make_text_encoder(),
-             "vae": tiny.make_vae()}
+    parts = {"transformer": tiny.make_transformer(n_layers=6, refiner_layers=2),
+             "text_encoder": tiny.make_text_encoder(), "vae": tiny.make_vae()}
     for name, model in parts.items():
         save_file(state_dict_for_file(model), str(folder / f"{name}.safetensors"))
     tok = tiny.make_tokenizer()

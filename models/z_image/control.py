@@ -127,10 +127,41 @@ def encode_inputs(model, inputs: ControlInputs, spec: ControlSpec) -> ControlInp
 
 # ---- the control blocks inside the transformer pass ------------------------------------------------
 
+class _Chain:
+    """Control blocks run one at a time beside the host layers, so only the current hint is held.
+
+    diffusers' blocks stack every earlier hint into their output; fed a one-hint stack instead, each block
+    returns just [its hint, the carried control state].
+    """
+
+    def __init__(self, control: ControlModule, blocks, c, x, mask, freqs, adaln):
+        self.control, self.blocks, self.c = control, blocks, c
+        self.args = (x, mask, freqs, adaln)
+        self.done = 0
+        self.hint = None
+
+    def run_to(self, n: int) -> torch.Tensor:
+        """The hint of block n (running the blocks before it that have not run yet)."""
+        while self.done <= n:
+            block = self.blocks[self.done]
+            out = block(self.c if block.block_id == 0 else self.c.unsqueeze(0), *self.args)
+            self.hint, self.c = out[0], out[1]
+            self.done += 1
+            self.control.blocks_run += 1
+        return self.hint
+
+    def finish(self) -> torch.Tensor:
+        if self.done < len(self.blocks):
+            self.run_to(len(self.blocks) - 1)
+        return self.c
+
+
 class ControlHooks:
     """Forward hooks on the transformer that run the control blocks while `scale` is non-zero.
 
     Attached once when the model loads; with scale 0 they do nothing, so the pass is the transformer's own.
+    Each control block runs right after its host layer (the control chain depends only on the stage's input),
+    and every per-pass tensor is dropped when the pass ends.
     """
 
     def __init__(self, control: ControlModule, transformer):
@@ -138,19 +169,20 @@ class ControlHooks:
         self.scale = 0.0
         self.context: torch.Tensor | None = None  # [C_in, 1, h, w]
         self._tokens: torch.Tensor | None = None
-        self._refiner_hints: dict = {}
-        self._hints: dict = {}
+        self._refiner: _Chain | None = None
+        self._main: _Chain | None = None
         self._carried: torch.Tensor | None = None
         self.handles = self._attach()
 
     def _attach(self) -> list:
         net, tr = self.control.net, self.transformer
         handles = [tr.noise_refiner[0].register_forward_pre_hook(self._refiner_stage),
-                   tr.layers[0].register_forward_pre_hook(self._main_stage)]
-        for i in net.control_refiner_layers_places or []:
-            handles.append(tr.noise_refiner[i].register_forward_hook(self._adder(self._refiner_hints, i)))
-        for i in net.control_layers_places:
-            handles.append(tr.layers[i].register_forward_hook(self._adder(self._hints, i)))
+                   tr.layers[0].register_forward_pre_hook(self._main_stage),
+                   tr.register_forward_hook(self._end_of_pass)]
+        for n, i in enumerate(net.control_refiner_layers_places or []):
+            handles.append(tr.noise_refiner[i].register_forward_hook(self._adder("_refiner", n)))
+        for n, i in enumerate(net.control_layers_places):
+            handles.append(tr.layers[i].register_forward_hook(self._adder("_main", n)))
         return handles
 
     def detach(self) -> None:
@@ -161,11 +193,10 @@ class ControlHooks:
     def set_context(self, context: torch.Tensor) -> None:
         self.context, self._tokens = context, None
 
-    def _adder(self, hints: dict, index: int):
+    def _adder(self, chain: str, n: int):
         def add(_module, _args, output):
-            if self.scale and index in hints:
-                return output + hints[index] * self.scale
-            return output
+            running = getattr(self, chain)
+            return output + running.run_to(n) * self.scale if self.scale and running is not None else output
         return add
 
     def tokens(self, batch: int, dtype) -> torch.Tensor:
@@ -181,37 +212,33 @@ class ControlHooks:
 
     def _refiner_stage(self, _module, args):
         """Before the noise refiner: x [B, L, dim] embedded image tokens, mask, RoPE, time embedding."""
-        self._hints.clear()
-        self._refiner_hints.clear()
+        self._end_of_pass()
         if not self.scale:
             return
         x, mask, freqs, adaln = args[:4]
         net, spec = self.control.net, self.control.spec
         c = self.tokens(x.shape[0], x.dtype)
-        if spec.refiner is REFINER_PLAIN:  # 1.0: refine the control tokens on their own
+        if spec.refiner is REFINER_PLAIN:  # 1.0: the control tokens are refined on their own
             for block in net.control_noise_refiner:
                 c = block(c, mask, freqs, adaln)
             self.control.blocks_run += len(net.control_noise_refiner)
+            self._carried = c
         else:  # 2.x: control blocks beside the noise refiner, their hints added to it
             blocks = net.control_layers if spec.refiner == REFINER_REPEAT else net.control_noise_refiner
-            for block in blocks:
-                c = block(c, x, mask, freqs, adaln)
-            self.control.blocks_run += len(blocks)
-            *hints, c = c.unbind(0)
-            self._refiner_hints.update({i: hints[n] for n, i in enumerate(net.control_refiner_layers_places)})
-        self._carried = c
+            self._refiner = _Chain(self.control, blocks, c, x, mask, freqs, adaln)
 
     def _main_stage(self, _module, args):
         """Before the main layers: unified [B, L + caption, dim] = [image tokens, caption tokens]."""
         if not self.scale:
             return
         unified, mask, freqs, adaln = args[:4]
-        net = self.control.net
-        c = torch.cat([self._carried, unified[:, self._carried.shape[1]:]], dim=1)
-        for block in net.control_layers:
-            c = block(c, unified, mask, freqs, adaln)
-        self.control.blocks_run += len(net.control_layers)
-        self._hints.update({i: h for i, h in zip(net.control_layers_places, c.unbind(0)[:-1])})
+        carried = self._refiner.finish() if self._refiner is not None else self._carried
+        self._refiner = self._carried = None
+        c = torch.cat([carried, unified[:, carried.shape[1]:]], dim=1)
+        self._main = _Chain(self.control, self.control.net.control_layers, c, unified, mask, freqs, adaln)
+
+    def _end_of_pass(self, *_):
+        self._refiner = self._main = self._carried = None
 
 
 def active_at(sigma, sigmas: torch.Tensor, start: float, end: float) -> bool:

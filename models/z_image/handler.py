@@ -159,6 +159,9 @@ class ZImageHandler:
         if not CAPABILITIES[model_def.architecture].available:
             raise UserError(f"{model_def.type}: generation for the {model_def.architecture} architecture is not "
                             "available in this version yet (its files and settings are defined)")
+        if CAPABILITIES[model_def.architecture].control_modes and "modules" not in model_def.model:
+            raise UserError(f"{model_def.type} is a control model type but names no control module: add "
+                            "\"modules\" (the Fun-ControlNet-Union file) to its model JSON")
         paths = self.fetch(model_def, locator)
         transformer = loader.load_transformer(paths["transformer"], model_def.model.get("config", {}), dtype)
         text_encoder = loader.load_text_encoder(paths["text_encoder"], dtype)
