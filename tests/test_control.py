@@ -302,16 +302,19 @@ def test_control_settings_are_checked_before_loading(ctl, tmp_path):
     (tmp_path / "notes.txt").write_text("not a picture")
     with pytest.raises(UserError, match="not an image"):
         engine.generate(settings(ctl, control_image=str(tmp_path / "notes.txt")))
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(UserError, match="mask .*empty.png: the file is empty"):
+        engine.generate(settings(ctl, "2.1", mask=str(tmp_path / "empty.png")))
     assert engine.generate(settings(ctl, num_inference_steps=1))  # still serving after the error
     assert any("no control image" in n for n in engine.check(settings(ctl, control_image="")))
 
 
 def test_command_line(tmp_path):
+    from core.outputs import read_png_settings
+    from models.z_image.tiny import write_control_test_model
     from tests.test_cli import run
 
-    assert run("make-test-model", str(tmp_path / "tiny")).returncode == 0
-    model = ["--model-def", str(tmp_path / "tiny" / "z_image_control_tiny_test.json"), "--model",
-             "z_image_control_tiny_test"]
+    model = ["--model-def", str(write_control_test_model(tmp_path / "tiny")), "--model", "z_image_control_tiny_test"]
     photo = tmp_path / "photo.png"
     Image.fromarray(np.tile(np.arange(256, dtype=np.uint8)[:, None, None], (1, 320, 3))).save(photo)
     r = run("control-map", *model, "--control-image", str(photo), "--control-mode", "canny", "--canny-low", "1",
@@ -323,11 +326,24 @@ def test_command_line(tmp_path):
             "--control-weight", "0.6", "--control-end", "0.5", "--mask", str(photo), "--steps", "2",
             "--output", str(tmp_path / "out.png"))
     assert r.returncode == 0, r.stderr
-    shown = json.loads(run("settings", str(tmp_path / "out.png")).stdout)["settings"]
-    assert shown["control_image"] == str(photo) and shown["mask"] == str(photo)
-    assert (shown["control_mode"], shown["control_weight"], shown["control_end"]) == ("gray", 0.6, 0.5)
-    (tmp_path / "empty.png").write_bytes(b"")
-    r = run("generate", *model, "--prompt", "x", "--control-image", str(tmp_path / "empty.png"))
-    assert r.returncode == 1 and "the file is empty" in r.stderr and "Traceback" not in r.stderr
-    r = run("generate", *model, "--prompt", "x", "--control-image", str(photo), "--control-weight", "5")
-    assert r.returncode == 2 and "control weight 5.0 is out of range" in r.stderr
+    shown, _ = read_png_settings(tmp_path / "out.png")
+    assert shown.control_image == str(photo) and shown.mask == str(photo)
+    assert (shown.control_mode, shown.control_weight, shown.control_end) == ("gray", 0.6, 0.5)
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(control_weight=5.0), "control weight 5.0 is out of range"),
+    (dict(control_start=0.6, control_end=0.4), "control start 0.6 must be below control end 0.4"),
+    (dict(control_mode="hed"), "control mode 'hed' is not one of"),
+    (dict(control_fit="stretch"), "control fit 'stretch'"),
+    (dict(canny_low=300, canny_high=200), "canny low threshold 300 is above"),
+    (dict(depth_model="huge"), "depth model 'huge'"),
+    (dict(control_image="", mask="m.png"), "a mask needs a control image"),
+    (dict(control_mode="none"), "'none' .* is for inpainting"),
+])
+def test_bad_control_settings(kw, message):
+    from core.settings import GenerationSettings
+
+    with pytest.raises(SettingsError, match=message):
+        GenerationSettings(**{"model_type": "z_image_control2_1", "prompt": "x", "control_image": "p.png", **kw}
+                           ).validate()

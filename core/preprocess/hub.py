@@ -37,9 +37,11 @@ def fetch(model: HubModel, locator: FileLocator) -> Path:
             try:
                 local.download(ref, model.weights_size if name == "model.safetensors" else None)
             except DownloadError as exc:
+                reason = str(exc).split(": ", 1)[-1].split(". Download it from")[0]  # FileLocator's wording
                 raise DownloadError(f"this preprocessor needs the model {model.repo} "
-                                    f"({human_size(model.weights_size)}): its files {', '.join(FILES)} go in "
-                                    f"{folder}. {exc}") from None
+                                    f"({human_size(model.weights_size)}), which could not be downloaded: {reason}. "
+                                    f"Download {', '.join(FILES)} from https://huggingface.co/{model.repo} into "
+                                    f"{folder}") from None
     return folder
 
 

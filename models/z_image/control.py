@@ -3,13 +3,14 @@
 diffusers' ZImageControlNetModel.forward repeats the transformer's embedders and refiners to compute its
 hints, and for 2.x its noise-refiner hints never reach the transformer. Here the control blocks run inside
 the transformer's own pass instead, through forward hooks, as the reference (VideoX-Fun) does:
-- at the noise refiner's input: the control tokens are refined (1.0: plain blocks), or run through the 2.x
-  refiner-stage control blocks whose hints are added after each noise-refiner layer;
-- at the first main layer's input: the control layers run on [control tokens, caption tokens] beside the
-  unified sequence, and their hints are added after their host layers.
+- noise-refiner stage: the control tokens are refined (1.0: plain blocks), or (2.x) refiner-stage control
+  blocks run beside the noise refiner and their hints are added after its layers;
+- main stage: the control layers run on [control tokens, caption tokens] beside the unified sequence, each
+  right after its host layer, whose output gets the hint.
 So a pass runs only the control blocks on top of the transformer's own (1.0: 2 + 6, 2.1: 2 + 15; 2.0 runs its
-15 control layers at both stages, as that version was trained).
-Control is composed into model_fn: a weight, and the fraction of steps where it is active.
+15 control layers at both stages, as that version was trained), and holds one hint at a time.
+Control is composed into model_fn: a weight, and the fraction of steps where it is active; inpaint pins the
+kept latents to the picture's.
 """
 
 from __future__ import annotations
