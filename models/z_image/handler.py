@@ -28,9 +28,9 @@ CAPABILITIES = {
 DEFAULTS = {
     "z_image": dict(num_inference_steps=8, guidance_scale=0.0, flow_shift=3.0),
     "z_image_base": dict(num_inference_steps=30, guidance_scale=4.0, flow_shift=3.0),
-    "z_image_control": dict(num_inference_steps=9, guidance_scale=0.0, flow_shift=3.0),
-    "z_image_control2": dict(num_inference_steps=9, guidance_scale=0.0, flow_shift=3.0),
-    "z_image_control2_1": dict(num_inference_steps=8, guidance_scale=0.0, flow_shift=3.0),
+    "z_image_control": dict(num_inference_steps=9, guidance_scale=0.0, flow_shift=3.0, control_weight=0.75),
+    "z_image_control2": dict(num_inference_steps=9, guidance_scale=0.0, flow_shift=3.0, control_weight=0.75),
+    "z_image_control2_1": dict(num_inference_steps=8, guidance_scale=0.0, flow_shift=3.0, control_weight=0.9),
     "z_image_twinflow_turbo": dict(num_inference_steps=2, guidance_scale=0.0, flow_shift=3.0),
 }
 
