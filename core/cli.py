@@ -9,7 +9,7 @@ from pathlib import Path
 
 from core.errors import ModelDefinitionError, SettingsError, UserError
 from core.files import human_size
-from core.settings import size_presets
+from core.settings import CONTROL_FITS, CONTROL_MODES, DEPTH_MODELS, size_presets
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,6 +101,7 @@ def generate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed-variance-fraction", type=float, help="share of embedding values given noise (0-1)")
     p.add_argument("--seed-variance-steps", type=float, help="share of the steps with the noise (0-1)")
     lora_options(p)
+    control_options(p)
 
 
 def lora_options(p: argparse.ArgumentParser) -> None:
@@ -108,6 +109,24 @@ def lora_options(p: argparse.ArgumentParser) -> None:
                    help="a LoRA from the LoRA folder (path inside it), strength -2..2 (default 1); "
                         "NAME:1.0,0.5 spreads per-step strengths over the steps; repeatable")
     p.add_argument("--lora-preset", metavar="PRESET", help="the LoRAs (and prompt snippet) of a saved preset")
+
+
+def control_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("control (control model types: z_image_control, z_image_control2, z_image_control2_1)")
+    g.add_argument("--control-image", metavar="IMAGE", help="picture to follow (turned into a map by --control-mode)")
+    g.add_argument("--control-mode", choices=list(CONTROL_MODES),
+                   help="pose, canny, depth, gray: made from the picture; raw: the picture is a ready map (HED, "
+                        "scribble, MLSD, tile, ...); none: no map, inpaint only (default raw)")
+    g.add_argument("--control-weight", type=float, help="strength of control, 0-2 (model default, about 0.75-0.9)")
+    g.add_argument("--control-start", type=float, help="fraction of the steps where control starts (default 0)")
+    g.add_argument("--control-end", type=float, help="fraction of the steps where control ends (default 1)")
+    g.add_argument("--control-fit", choices=list(CONTROL_FITS),
+                   help="fit the picture to the output size: crop (default), fit (letterbox), or image (output "
+                        "size from the picture's aspect ratio)")
+    g.add_argument("--mask", metavar="IMAGE", help="inpaint (2.x): white = repaint, the rest of --control-image kept")
+    g.add_argument("--canny-low", type=int, help="canny low threshold (default 100)")
+    g.add_argument("--canny-high", type=int, help="canny high threshold (default 200)")
+    g.add_argument("--depth-model", choices=list(DEPTH_MODELS), help="Depth Anything V2 size (default small)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate_options(gen)
     enh = sub.add_parser("enhance", parents=[common], help="print the enhancer's rewrite of --prompt (no image)")
     generate_options(enh)
+    cmap = sub.add_parser("control-map", parents=[common],
+                          help="save the control map a control model would follow (pose, canny, depth, ...)")
+    generate_options(cmap)
     sub.add_parser("models", parents=[common], help="list model types and whether their files are present")
     loras = sub.add_parser("loras", parents=[common], help="list the LoRA folder and presets; save a preset")
     lora_options(loras)
@@ -150,8 +172,8 @@ def main(argv=None) -> int:
 
             return ui_options.launch(args)
         return {"generate": cmd_generate, "enhance": cmd_enhance, "models": cmd_models, "settings": cmd_settings,
-                "loras": cmd_loras, "make-test-model": cmd_make_test_model,
-                "quantize": cmd_quantize}[args.command](args)
+                "loras": cmd_loras, "make-test-model": cmd_make_test_model, "quantize": cmd_quantize,
+                "control-map": cmd_control_map}[args.command](args)
     except (SettingsError, ModelDefinitionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -198,11 +220,17 @@ SETTING_FLAGS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "gu
                  "nag_alpha", "nag_start", "nag_end", "width", "height", "batch_size", "count", "enhance",
                  "enhance_thinking", "text_hidden_layer", "seed_variance", "seed_variance_fraction",
                  "seed_variance_steps")
+CONTROL_FLAGS = ("control_image", "control_mode", "control_weight", "control_start", "control_end", "control_fit",
+                 "mask", "canny_low", "canny_high", "depth_model")
+PATH_FLAGS = ("control_image", "mask")
 
 
 def settings_from_args(engine, args):
     """Model defaults < the PNG's settings (--settings-from) < flags given on the command line."""
-    overrides = {k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in SETTING_FLAGS + CONTROL_FLAGS if getattr(args, k) is not None}
+    for k in PATH_FLAGS:  # absolute, so the PNG's settings still find the file from another folder
+        if overrides.get(k):
+            overrides[k] = str(Path(overrides[k]).expanduser().resolve())
     if args.aspect and not (args.width or args.height):
         overrides["width"], overrides["height"] = size_presets(args.megapixels)[args.aspect]
     base, record = {}, {}
@@ -268,6 +296,22 @@ def cmd_generate(args) -> int:
         print(f"peak memory: {summary(results[0].memory)}", file=sys.stderr)
     for path, result in zip(engine.save(results, Path(args.output)), results):
         print(f"{path}\tseed {result.settings.seed}")
+    return 0
+
+
+def cmd_control_map(args) -> int:
+    from core import APP_NAME, APP_VERSION
+    from core.outputs import save_png
+
+    engine = make_engine(args)
+    if not args.prompt:
+        args.prompt = "control map"  # the map does not depend on the prompt
+    settings = settings_from_args(engine, args)
+    image = engine.control_map(settings)
+    output = Path(args.output)
+    target = output if output.suffix.lower() == ".png" else output / f"control_map_{settings.control_mode}.png"
+    path = save_png(image, settings, {"app": f"{APP_NAME} {APP_VERSION}", "kind": "control map"}, target)
+    print(f"{path}\t{settings.control_mode} map, {image.width}x{image.height}")
     return 0
 
 
@@ -350,10 +394,12 @@ def cmd_settings(args) -> int:
 
 
 def cmd_make_test_model(args) -> int:
-    from models.z_image.tiny import write_test_model
+    from models.z_image.tiny import write_control_test_model, write_test_model
 
     path = write_test_model(Path(args.folder))
+    control = write_control_test_model(Path(args.folder))
     print(f"wrote a tiny random-weight test model (it draws noise, not pictures): {path}")
+    print(f"and a tiny control model (Fun-ControlNet-Union 2.1, inpaint): {control}")
     print(f"try: python app.py generate --model-def {path} --model {path.stem} --prompt 'a test'")
     return 0
 

@@ -152,6 +152,14 @@ class Engine:
         self.apply_loras(settings)
         return self.registry.handler(settings.model_type).generate(model, settings, callback)
 
+    def control_map(self, settings: GenerationSettings):
+        """The control map `settings` would condition on (PIL RGB at the output size), without generating."""
+        self.check(settings)
+        handler = self.registry.handler(settings.model_type)
+        if not settings.control_image or not hasattr(handler, "control_map"):
+            raise SettingsError("no control image to make a map from")
+        return handler.control_map(settings, self.locator, self.device)
+
     def preview(self, latents):
         """A cheap picture of in-progress latents from the loaded model."""
         return self.registry.handler(self.model.model_type).preview(self.model, latents)

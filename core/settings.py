@@ -15,6 +15,9 @@ MAX_SEED = 2**63 - 1
 LORA_STRENGTH_RANGE = (-2.0, 2.0)  # slider LoRAs go negative
 MAX_LORAS = 16
 ASPECT_RATIOS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9", "9:21")
+CONTROL_MODES = ("pose", "canny", "depth", "gray", "raw", "none")
+CONTROL_FITS = ("crop", "fit", "image")
+DEPTH_MODELS = ("small", "large")
 
 
 @dataclass
@@ -51,6 +54,17 @@ class GenerationSettings:
     seed_variance: float = 0.0  # noise on the prompt embedding early in sampling, x its std (0: off)
     seed_variance_fraction: float = 0.5  # share of the embedding's values that get noise
     seed_variance_steps: float = 0.3  # share of the steps (from the start) with noise
+    # Control (control model types): the user's picture, turned into a map by control_mode; "" = no control.
+    control_image: str = ""
+    control_mode: str = "raw"  # pose, canny, depth, gray, raw (the picture is the map), none (inpaint only)
+    control_weight: float = 0.75
+    control_start: float = 0.0  # fraction of the steps where control starts ...
+    control_end: float = 1.0  # ... and ends
+    control_fit: str = "crop"  # crop, fit (letterbox), image (output size from the picture's aspect ratio)
+    mask: str = ""  # inpaint (2.x): white = repaint, the rest of control_image is kept
+    canny_low: int = 100
+    canny_high: int = 200
+    depth_model: str = "small"  # Depth Anything V2 small or large
 
     def validate(self) -> "GenerationSettings":
         _check_text(self.prompt, "prompt", required=True)
@@ -91,7 +105,29 @@ class GenerationSettings:
         _check_float(self.seed_variance, "seed variance", 0.0, 10.0)
         _check_float(self.seed_variance_fraction, "seed variance fraction", 0.0, 1.0)
         _check_float(self.seed_variance_steps, "seed variance steps", 0.0, 1.0)
+        self._validate_control()
         return self
+
+    def _validate_control(self) -> None:
+        for value, name in ((self.control_image, "control image"), (self.mask, "mask")):
+            if not isinstance(value, str):
+                raise SettingsError(f"{name} must be a file path (text)")
+        _check_choice(self.control_mode, "control mode", CONTROL_MODES)
+        _check_choice(self.control_fit, "control fit", CONTROL_FITS)
+        _check_choice(self.depth_model, "depth model", DEPTH_MODELS)
+        _check_float(self.control_weight, "control weight", 0.0, 2.0)
+        _check_float(self.control_start, "control start", 0.0, 1.0)
+        _check_float(self.control_end, "control end", 0.0, 1.0)
+        if self.control_start >= self.control_end:
+            raise SettingsError(f"control start {self.control_start} must be below control end {self.control_end}")
+        _check_int(self.canny_low, "canny low threshold", 0, 1000)
+        _check_int(self.canny_high, "canny high threshold", 1, 1000)
+        if self.canny_low > self.canny_high:
+            raise SettingsError(f"canny low threshold {self.canny_low} is above the high one {self.canny_high}")
+        if self.mask and not self.control_image:
+            raise SettingsError("a mask needs a control image: the picture whose masked part is repainted")
+        if self.control_mode == "none" and self.control_image and not self.mask:
+            raise SettingsError("control mode 'none' (no control map) is for inpainting: give a mask too")
 
     def with_seed(self) -> "GenerationSettings":
         """A copy with a concrete seed (a random one for -1)."""
@@ -155,6 +191,11 @@ def _check_int(value, name, lo, hi):
         raise SettingsError(f"{name} must be a whole number, got {value!r}")
     if not lo <= value <= hi:
         raise SettingsError(f"{name} {value} is out of range ({lo} to {hi})")
+
+
+def _check_choice(value, name, choices):
+    if value not in choices:
+        raise SettingsError(f"{name} {value!r} is not one of: {', '.join(choices)}")
 
 
 def _check_float(value, name, lo, hi):

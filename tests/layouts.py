@@ -152,3 +152,26 @@ def write_wan2gp_int8(path: Path, model, stacks=("layers.",), scale_dtype=torch.
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     meta = {"quantization_format": "quanto", "quantization_map_base64": _b64(qmap), "config_base64": _b64(config)}
     return write_raw_safetensors(path, out, meta)
+
+
+def to_comfyui_control_keys(control_sd: dict, prefix: str = "") -> dict:
+    """Original (diffusers-named) control keys -> ComfyUI's in-memory names: fused qkv, out, q_norm/k_norm."""
+    out = {}
+    for name, t in control_sd.items():
+        if ".attention.to_k." in name or ".attention.to_v." in name:
+            continue
+        if ".attention.to_q." in name:
+            base = name.split(".attention.to_q.")[0]
+            parts = [control_sd[f"{base}.attention.to_{p}.weight"] for p in "qkv"]
+            out[f"{prefix}{base}.attention.qkv.weight"] = torch.cat(parts).contiguous()
+            continue
+        new = (name.replace(".attention.to_out.0.", ".attention.out.")
+               .replace(".attention.norm_q.", ".attention.q_norm.").replace(".attention.norm_k.", ".attention.k_norm."))
+        out[prefix + new] = t
+    return out
+
+
+def write_control_diffusers_folder(folder: Path, control) -> Path:
+    """A diffusers ZImageControlNetModel folder (config.json + safetensors)."""
+    control.save_pretrained(str(folder), safe_serialization=True)
+    return folder

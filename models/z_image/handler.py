@@ -14,8 +14,10 @@ from core.settings import GenerationSettings
 from models.z_image import keys as K
 from models.z_image.config import VAE_SCALE
 
-_CONTROL_V1 = ("canny", "hed", "depth", "pose", "mlsd")
-_CONTROL_V2 = _CONTROL_V1 + ("scribble", "gray", "tile")
+# Control modes offered: preprocessors (pose, canny, depth, gray), a ready map (raw: HED, MLSD, scribble,
+# tile, ...), and for 2.x inpainting without a map (none).
+_CONTROL_V1 = ("pose", "canny", "depth", "raw")
+_CONTROL_V2 = ("pose", "canny", "depth", "gray", "raw", "none")
 
 _FLOW = dict(samplers=("euler", "euler_ancestral", "heun", "ralston", "dpmpp_2m"),
              schedulers=("simple", "beta", "sgm_uniform"))
@@ -23,12 +25,9 @@ _FLOW = dict(samplers=("euler", "euler_ancestral", "heun", "ralston", "dpmpp_2m"
 CAPABILITIES = {
     "z_image": Capabilities(nag=True, step_range=(1, 50), **_FLOW),
     "z_image_base": Capabilities(cfg=True, step_range=(1, 100), **_FLOW),
-    "z_image_control": Capabilities(nag=True, control_modes=_CONTROL_V1, step_range=(1, 50), available=False,
-                                    **_FLOW),
-    "z_image_control2": Capabilities(nag=True, control_modes=_CONTROL_V2, inpaint=True, step_range=(1, 50),
-                                     available=False, **_FLOW),
-    "z_image_control2_1": Capabilities(nag=True, control_modes=_CONTROL_V2, inpaint=True, step_range=(1, 50),
-                                       available=False, **_FLOW),
+    "z_image_control": Capabilities(nag=True, control_modes=_CONTROL_V1, step_range=(1, 50), **_FLOW),
+    "z_image_control2": Capabilities(nag=True, control_modes=_CONTROL_V2, inpaint=True, step_range=(1, 50), **_FLOW),
+    "z_image_control2_1": Capabilities(nag=True, control_modes=_CONTROL_V2, inpaint=True, step_range=(1, 50), **_FLOW),
     "z_image_twinflow_turbo": Capabilities(nag=True, unified_sampler=True, shift=False, step_range=(1, 8),
                                            samplers=("twinflow",), schedulers=()),
 }
@@ -40,9 +39,9 @@ _NAG = dict(nag_scale=3.0, nag_tau=2.5, nag_alpha=0.25, nag_start=0.0, nag_end=0
 DEFAULTS = {
     "z_image": dict(num_inference_steps=8, guidance_scale=0.0, flow_shift=3.0, **_NAG),
     "z_image_base": dict(num_inference_steps=30, guidance_scale=4.0, flow_shift=3.0),
-    "z_image_control": dict(num_inference_steps=9, guidance_scale=0.0, flow_shift=3.0, **_NAG),
-    "z_image_control2": dict(num_inference_steps=9, guidance_scale=0.0, flow_shift=3.0, **_NAG),
-    "z_image_control2_1": dict(num_inference_steps=8, guidance_scale=0.0, flow_shift=3.0, **_NAG),
+    "z_image_control": dict(num_inference_steps=9, guidance_scale=0.0, flow_shift=3.0, control_weight=0.75, **_NAG),
+    "z_image_control2": dict(num_inference_steps=9, guidance_scale=0.0, flow_shift=3.0, control_weight=0.75, **_NAG),
+    "z_image_control2_1": dict(num_inference_steps=8, guidance_scale=0.0, flow_shift=3.0, control_weight=0.9, **_NAG),
     "z_image_twinflow_turbo": dict(num_inference_steps=2, guidance_scale=0.0, flow_shift=3.0, **_NAG),
 }
 
@@ -101,6 +100,7 @@ class ZImageHandler:
         known = caps.schedulers or _FLOW["schedulers"]  # a sampler with its own schedule ignores the name
         if settings.scheduler not in known:
             raise SettingsError(f"unknown scheduler {settings.scheduler!r} (available: {', '.join(known)})")
+        _validate_control(settings, arch, caps)
 
     @staticmethod
     def notes(settings: GenerationSettings, arch: str) -> list[str]:
@@ -114,6 +114,10 @@ class ZImageHandler:
         if not caps.schedulers and (settings.scheduler != "simple" or settings.sigma_rescale != 1):
             notes.append(f"the {settings.sampler} sampler uses its own schedule: scheduler and sigma rescale "
                          "are ignored")
+        if caps.control_modes and not settings.control_image:
+            notes.append(f"{arch} is a control model but no control image is given: generating without control")
+        elif settings.control_image and settings.control_weight == 0:
+            notes.append("control weight 0: the control image has no effect")
         return notes
 
     # ---- files -------------------------------------------------------------------------------
@@ -220,6 +224,9 @@ class ZImageHandler:
         if not CAPABILITIES[model_def.architecture].available:
             raise UserError(f"{model_def.type}: generation for the {model_def.architecture} architecture is not "
                             "available in this version yet (its files and settings are defined)")
+        if CAPABILITIES[model_def.architecture].control_modes and "modules" not in model_def.model:
+            raise UserError(f"{model_def.type} is a control model type but names no control module: add "
+                            "\"modules\" (the Fun-ControlNet-Union file) to its model JSON")
         paths = self.fetch(model_def, locator, options)
         transformer = loader.load_transformer(paths["transformer"], model_def.model.get("config", {}), dtype)
         if CAPABILITIES[model_def.architecture].unified_sampler and not hasattr(transformer, "t_embedder_2"):
@@ -234,8 +241,11 @@ class ZImageHandler:
                                   options, device, dtype)
         load_info = {c: Q.kind_of(p.name, p) for c, p in paths.items() if c in QUANTIZABLE}
         load_info.update(profile=placement.profile, attention=options.attention)
-        return ZImageModel(model_def.type, transformer, PromptEncoder(text_encoder, tokenizer), vae, dtype, device,
-                           {k: str(v) for k, v in paths.items()}, placement=placement, load_info=load_info)
+        model = ZImageModel(model_def.type, transformer, PromptEncoder(text_encoder, tokenizer), vae, dtype, device,
+                            {k: str(v) for k, v in paths.items()}, placement=placement, load_info=load_info)
+        if "control" in paths:
+            model.control = _load_control(paths["control"], model, locator, dtype)
+        return model
 
     def quantize(self, model_def, locator: FileLocator, components, folder: Path) -> list[QuantizedFile]:
         """Write INT8 (quanto, Wan2GP's layout) copies of the components' bf16 files into `folder`
@@ -317,6 +327,41 @@ class ZImageHandler:
         from models.z_image.pipeline import generate
 
         return generate(model, settings, callback)
+
+    @staticmethod
+    def control_map(settings: GenerationSettings, locator: FileLocator, device):
+        """The control map the model will see (PIL RGB at the output size), to show before generating."""
+        from models.z_image.control import output_size, pictures
+
+        return pictures(output_size(settings), locator, device).control_map
+
+
+def _validate_control(settings: GenerationSettings, arch: str, caps: Capabilities) -> None:
+    """Control settings against what the architecture can do; the named pictures must be usable images."""
+    if not settings.control_image:
+        return
+    if not caps.control_modes:
+        raise SettingsError(f"{arch} takes no control image: pick a control model type (z_image_control, "
+                            "z_image_control2, z_image_control2_1)")
+    if settings.control_mode not in caps.control_modes:
+        raise SettingsError(f"control mode {settings.control_mode!r} is not available on {arch} "
+                            f"(available: {', '.join(caps.control_modes)})")
+    if settings.mask and not caps.inpaint:
+        raise SettingsError(f"{arch} cannot inpaint: masks need Fun-ControlNet-Union 2.x (z_image_control2, "
+                            "z_image_control2_1)")
+    from core.images import load_mask, open_user_image
+
+    open_user_image(settings.control_image, "control image")
+    if settings.mask:
+        load_mask(settings.mask)
+
+
+def _load_control(path, model, locator, dtype):
+    from models.z_image.control import ControlModule
+    from models.z_image.control_loader import load_control
+
+    net, spec = load_control(path, model.transformer, dtype)
+    return ControlModule.attach(net.to(model.device), spec, locator, model.transformer)
 
 
 def _check_fit(paths, transformer, text_encoder, vae) -> None:

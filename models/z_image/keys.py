@@ -15,6 +15,7 @@ from core.quantization import plain_name
 TRANSFORMER_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "")
 TEXT_ENCODER_PREFIXES = ("text_encoders.qwen3_4b.transformer.", "text_encoder.", "")
 VAE_PREFIXES = ("vae.", "first_stage_model.", "")
+CONTROL_STEMS = ("control_layers.", "control_noise_refiner.", "control_all_x_embedder.")
 
 # Families users mistake for Z-Image, recognised by a key only they have.
 FOREIGN_FAMILIES = [
@@ -100,6 +101,8 @@ def transformer_plan(shapes: dict, prefix: str, style: str) -> dict:
         if not src.startswith(prefix):
             continue
         name = src[len(prefix):]
+        if name.startswith(CONTROL_STEMS):  # a file holding a control module too: loaded by control_loader
+            continue
         if style == "original":
             if name in _DROPPED:
                 continue

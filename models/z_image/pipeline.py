@@ -17,6 +17,7 @@ from core.samplers import SAMPLERS
 from core.schedules import SCHEDULES, rescale, step_index, twinflow_times
 from core.settings import GenerationSettings
 from models.z_image.config import VAE_SCALE
+from models.z_image.control import add_control, output_size
 
 
 @dataclass
@@ -35,6 +36,7 @@ class ZImageModel:
     loras: object = None  # core.lora.apply.LoraStack once a LoRA was attached (models/z_image/lora.py)
     placement: object = None  # core.offload.Placement: the memory profile applied, if any
     load_info: dict = field(default_factory=dict)  # file kinds and profile, for the PNG record
+    control: object = None  # models.z_image.control.ControlModule for control model types
 
 
 @dataclass
@@ -166,21 +168,22 @@ def make_nag(model: ZImageModel, settings: GenerationSettings, negative):
 
 
 def compose_model_fn(model: ZImageModel, settings: GenerationSettings, captions, negative, schedule, nag=None):
-    """The sampler's model_fn: TwinFlow's, or the flow one with CFG; NAG around either; LoRA strengths
-    set per step around all."""
+    """The sampler's model_fn: TwinFlow's, or the flow one with CFG; NAG around either; then control hints
+    (and inpaint); LoRA strengths set per step around all."""
     if SAMPLERS[settings.sampler].time_target:
         model_fn = make_twinflow_fn(model, captions)
     else:
         model_fn = make_model_fn(model, settings, captions, negative if settings.guidance_scale > 0 else None)
     if nag is not None:
         model_fn = nag.wrap(model_fn, schedule)
+    model_fn = add_control(model, settings, schedule, model_fn)
     return scheduled(model_fn, model.loras, settings.loras, schedule)
 
 
 @torch.no_grad()
 def generate(model: ZImageModel, settings: GenerationSettings, callback=None) -> list[GeneratedImage]:
     """All images for `settings` (count runs of batch_size images, seeds seed, seed+1, ...)."""
-    settings = settings.with_seed()
+    settings = output_size(settings.with_seed())  # control_fit "image" takes the control image's aspect ratio
     memory = MemoryMonitor(model.device)
     with_negative = settings.guidance_scale > 0 or nag_wanted(settings)
     prompts = [settings.prompt] + ([settings.negative_prompt] if with_negative else [])

@@ -121,3 +121,64 @@ def write_test_model(folder, name: str = "z_image_tiny_test", dtype=torch.float3
     path = folder / f"{name}.json"
     path.write_text(json.dumps(model_json, indent=2))
     return path
+
+
+CONTROL_VERSIONS = {"1.0": None, "2.0": "control_noise_refiner", "2.1": "control_noise_refiner"}
+
+
+def make_control(transformer, version: str = "2.1", n_control: int | None = None, seed: int = 3):
+    """A random Fun-ControlNet-Union module for `transformer`, with the tensors an original file of `version` has.
+
+    2.0 files carry an untrained (all-zero projection) control refiner; 1.0 has 16 input channels, 2.x 33.
+    Every other weight is random, so control visibly changes the output.
+    """
+    from diffusers import ZImageControlNetModel
+
+    cfg = transformer.config
+    n_control = n_control or max(1, cfg.n_layers // 2)
+    inpaint = version != "1.0"
+    model = ZImageControlNetModel(
+        control_layers_places=[i * (cfg.n_layers // n_control) for i in range(n_control)],
+        control_refiner_layers_places=list(range(cfg.n_refiner_layers)) if inpaint else None,
+        control_in_dim=cfg.in_channels * 2 + 1 if inpaint else cfg.in_channels,
+        add_control_noise_refiner=CONTROL_VERSIONS[version], dim=cfg.dim, n_refiner_layers=cfg.n_refiner_layers,
+        n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads)
+    _randomize(model, seed)
+    if version == "2.0":
+        with torch.no_grad():
+            for block in model.control_noise_refiner:
+                for proj in ("before_proj", "after_proj"):
+                    if hasattr(block, proj):
+                        getattr(block, proj).weight.zero_()
+                        getattr(block, proj).bias.zero_()
+    return model.eval()
+
+
+def write_control_test_model(folder, version: str = "2.1", name: str = "z_image_control_tiny_test") -> Path:
+    """A tiny Turbo + Fun-ControlNet-Union `version` beside write_test_model's files; returns its JSON's path."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if not (folder / "vae.safetensors").is_file():
+        write_test_model(folder)
+    transformer = make_transformer(n_layers=4, refiner_layers=2)
+    save_file(state_dict_for_file(transformer), str(folder / "control_transformer.safetensors"))
+    save_file(state_dict_for_file(make_control(transformer, version, 2)), str(folder / "control_module.safetensors"))
+    arch = {"1.0": "z_image_control", "2.0": "z_image_control2", "2.1": "z_image_control2_1"}[version]
+    model_json = {
+        "model": {
+            "name": f"Tiny control test model, Fun-ControlNet-Union {version} (random weights: draws noise)",
+            "architecture": arch,
+            "description": "A toy-sized control model with random weights, for trying control and inpaint offline.",
+            "URLs": str((folder / "control_transformer.safetensors").resolve()),
+            "modules": str((folder / "control_module.safetensors").resolve()),
+            "text_encoder_URLs": str((folder / "text_encoder.safetensors").resolve()),
+            "vae_URLs": str((folder / "vae.safetensors").resolve()),
+            "tokenizer": str((folder / "tokenizer").resolve()),
+        },
+        "num_inference_steps": 4, "guidance_scale": 0.0, "flow_shift": 3.0, "resolution": "256x256",
+        "control_weight": 0.9,
+    }
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(model_json, indent=2))
+    return path

@@ -1,0 +1,283 @@
+"""Fun-ControlNet-Union at run time: the control latents, and the control blocks run inside the transformer pass.
+
+diffusers' ZImageControlNetModel.forward repeats the transformer's embedders and refiners to compute its
+hints, and for 2.x its noise-refiner hints never reach the transformer. Here the control blocks run inside
+the transformer's own pass instead, through forward hooks, as the reference (VideoX-Fun) does:
+- noise-refiner stage: the control tokens are refined (1.0: plain blocks), or (2.x) refiner-stage control
+  blocks run beside the noise refiner and their hints are added after its layers;
+- main stage: the control layers run on [control tokens, caption tokens] beside the unified sequence, each
+  right after its host layer, whose output gets the hint.
+So a pass runs only the control blocks on top of the transformer's own (1.0: 2 + 6, 2.1: 2 + 15; 2.0 runs its
+15 control layers at both stages, as that version was trained), and holds one hint at a time.
+Control is composed into model_fn: a weight, and the fraction of steps where it is active; inpaint pins the
+kept latents to the picture's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.settings import GenerationSettings
+from models.z_image.control_keys import REFINER_PLAIN, REFINER_REPEAT, ControlSpec
+
+PATCH = "2-1"  # the transformer's patch size 2, frame patch 1
+
+
+@dataclass
+class ControlModule:
+    """A loaded control module and where its preprocessors' weights are found."""
+
+    net: torch.nn.Module  # diffusers ZImageControlNetModel, sharing the transformer's modules
+    spec: ControlSpec
+    locator: object  # core.files.FileLocator
+    blocks_run: int = 0  # control blocks run so far, for the benchmark and tests
+    hooks: "ControlHooks | None" = None
+
+    @classmethod
+    def attach(cls, net, spec: ControlSpec, locator, transformer) -> "ControlModule":
+        module = cls(net, spec, locator)
+        module.hooks = ControlHooks(module, transformer)
+        return module
+
+
+@dataclass
+class ControlInputs:
+    """What one generation is conditioned on. Latent tensors are [1, C, h, w] with h, w = size / 8."""
+
+    picture: object  # PIL RGB at the output size (the user's image, fitted)
+    control_map: object  # PIL RGB at the output size (the map the model sees)
+    mask: object | None  # PIL L at the output size, white = repaint
+    context: torch.Tensor | None = None  # [C_in, 1, h, w]: control latent (+ keep mask + masked-image latent)
+    keep: torch.Tensor | None = None  # [1, 1, h, w], 1 where the picture is kept (inpaint)
+    known: torch.Tensor | None = None  # [1, 16, h, w], the picture's latent (inpaint)
+
+
+# ---- pictures --------------------------------------------------------------------------------------
+
+def output_size(settings: GenerationSettings) -> GenerationSettings:
+    """Settings with the output size taken from the control image's aspect ratio when control_fit is "image"."""
+    if not settings.control_image or settings.control_fit != "image":
+        return settings
+    from core.images import open_user_image, size_for_aspect
+
+    w, h = size_for_aspect(open_user_image(settings.control_image, "control image").size, settings.width,
+                           settings.height)
+    return dataclasses.replace(settings, width=w, height=h)
+
+
+def pictures(settings: GenerationSettings, locator, device) -> ControlInputs:
+    """The fitted picture, its control map and the fitted mask, all at the settings' output size."""
+    from PIL import Image
+
+    from core.images import fit_image, load_mask, load_rgb
+    from core.preprocess import control_map
+
+    size = (settings.width, settings.height)
+    picture = fit_image(load_rgb(settings.control_image, "control image"), *size, settings.control_fit)
+    if settings.control_mode == "none":
+        cmap = Image.new("RGB", size)  # inpaint only: an empty map
+    else:
+        cmap = control_map(picture, settings.control_mode, settings, locator, device)
+    mask = None
+    if settings.mask:  # padding added by "fit" is repainted (outpainting)
+        mask = fit_image(load_mask(settings.mask), *size, settings.control_fit, fill=255)
+    return ControlInputs(picture, cmap, mask)
+
+
+# ---- latents ---------------------------------------------------------------------------------------
+
+def _pixels(image, model) -> torch.Tensor:
+    """PIL RGB -> [1, 3, H, W] in [-1, 1] on the VAE's device and dtype."""
+    a = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    t = torch.from_numpy(a).permute(2, 0, 1)[None] * 2 - 1
+    return t.to(model.device, model.vae.dtype)
+
+
+@torch.no_grad()
+def encode(model, pixels: torch.Tensor) -> torch.Tensor:
+    """[1, 3, H, W] -> [1, 16, H/8, W/8]: the latent distribution's mode, shifted and scaled as the model sees it."""
+    cfg = model.vae.config
+    z = model.vae.encode(pixels).latent_dist.mode()
+    return ((z - cfg.shift_factor) * cfg.scaling_factor).float()
+
+
+@torch.no_grad()
+def encode_inputs(model, inputs: ControlInputs, spec: ControlSpec) -> ControlInputs:
+    """Fill the latents: [control latent] (1.0) or [control latent, keep mask, masked-image latent] (2.x)."""
+    control = encode(model, _pixels(inputs.control_map, model))
+    if not spec.inpaint:
+        context = control
+    elif inputs.mask is None:
+        context = torch.cat([control, torch.zeros_like(control[:, :1]), torch.zeros_like(control)], dim=1)
+    else:
+        pixels = _pixels(inputs.picture, model)
+        repaint = torch.from_numpy(np.asarray(inputs.mask, dtype=np.float32) / 255.0 >= 0.5)
+        repaint = repaint[None, None].to(pixels.device, pixels.dtype)
+        masked = encode(model, pixels * (repaint < 0.5))
+        keep = 1 - F.interpolate(repaint, size=control.shape[-2:], mode="nearest").float()
+        context = torch.cat([control, keep, masked], dim=1)
+        inputs.keep, inputs.known = keep, encode(model, pixels)
+    inputs.context = context[0].unsqueeze(1).to(model.dtype)  # [C_in, 1, h, w], as the transformer takes x
+    return inputs
+
+
+# ---- the control blocks inside the transformer pass ------------------------------------------------
+
+class _Chain:
+    """Control blocks run one at a time beside the host layers, so only the current hint is held.
+
+    diffusers' blocks stack every earlier hint into their output; fed a one-hint stack instead, each block
+    returns just [its hint, the carried control state].
+    """
+
+    def __init__(self, control: ControlModule, blocks, c, x, mask, freqs, adaln):
+        self.control, self.blocks, self.c = control, blocks, c
+        self.args = (x, mask, freqs, adaln)
+        self.done = 0
+        self.hint = None
+
+    def run_to(self, n: int) -> torch.Tensor:
+        """The hint of block n (running the blocks before it that have not run yet)."""
+        while self.done <= n:
+            block = self.blocks[self.done]
+            out = block(self.c if block.block_id == 0 else self.c.unsqueeze(0), *self.args)
+            self.hint, self.c = out[0], out[1]
+            self.done += 1
+            self.control.blocks_run += 1
+        return self.hint
+
+    def finish(self) -> torch.Tensor:
+        if self.done < len(self.blocks):
+            self.run_to(len(self.blocks) - 1)
+        return self.c
+
+
+class ControlHooks:
+    """Forward hooks on the transformer that run the control blocks while `scale` is non-zero.
+
+    Attached once when the model loads; with scale 0 they do nothing, so the pass is the transformer's own.
+    Each control block runs right after its host layer (the control chain depends only on the stage's input),
+    and every per-pass tensor is dropped when the pass ends.
+    """
+
+    def __init__(self, control: ControlModule, transformer):
+        self.control, self.transformer = control, transformer
+        self.scale = 0.0
+        self.context: torch.Tensor | None = None  # [C_in, 1, h, w]
+        self._tokens: torch.Tensor | None = None
+        self._refiner: _Chain | None = None
+        self._main: _Chain | None = None
+        self._carried: torch.Tensor | None = None
+        self.handles = self._attach()
+
+    def _attach(self) -> list:
+        net, tr = self.control.net, self.transformer
+        handles = [tr.noise_refiner[0].register_forward_pre_hook(self._refiner_stage),
+                   tr.layers[0].register_forward_pre_hook(self._main_stage),
+                   tr.register_forward_hook(self._end_of_pass)]
+        for n, i in enumerate(net.control_refiner_layers_places or []):
+            handles.append(tr.noise_refiner[i].register_forward_hook(self._adder("_refiner", n)))
+        for n, i in enumerate(net.control_layers_places):
+            handles.append(tr.layers[i].register_forward_hook(self._adder("_main", n)))
+        return handles
+
+    def detach(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def set_context(self, context: torch.Tensor) -> None:
+        self.context, self._tokens = context, None
+
+    def _adder(self, chain: str, n: int):
+        def add(_module, _args, output):
+            running = getattr(self, chain)
+            return output + running.run_to(n) * self.scale if self.scale and running is not None else output
+        return add
+
+    def tokens(self, batch: int, dtype) -> torch.Tensor:
+        """The embedded control input [batch, L, dim], pad rows set to the transformer's pad token (cached)."""
+        if self._tokens is None:
+            net, c = self.control.net, self.context
+            feats = net.patchify([c], 2, 1)[0]
+            real = (c.shape[1] * c.shape[2] * c.shape[3]) // 4
+            tokens = net.control_all_x_embedder[PATCH](feats.to(dtype))
+            tokens[real:] = net.x_pad_token.to(dtype)
+            self._tokens = tokens
+        return self._tokens.unsqueeze(0).expand(batch, -1, -1)
+
+    def _refiner_stage(self, _module, args):
+        """Before the noise refiner: x [B, L, dim] embedded image tokens, mask, RoPE, time embedding."""
+        self._end_of_pass()
+        if not self.scale:
+            return
+        x, mask, freqs, adaln = args[:4]
+        net, spec = self.control.net, self.control.spec
+        c = self.tokens(x.shape[0], x.dtype)
+        if spec.refiner is REFINER_PLAIN:  # 1.0: the control tokens are refined on their own
+            for block in net.control_noise_refiner:
+                c = block(c, mask, freqs, adaln)
+            self.control.blocks_run += len(net.control_noise_refiner)
+            self._carried = c
+        else:  # 2.x: control blocks beside the noise refiner, their hints added to it
+            blocks = net.control_layers if spec.refiner == REFINER_REPEAT else net.control_noise_refiner
+            self._refiner = _Chain(self.control, blocks, c, x, mask, freqs, adaln)
+
+    def _main_stage(self, _module, args):
+        """Before the main layers: unified [B, L + caption, dim] = [image tokens, caption tokens]."""
+        if not self.scale:
+            return
+        unified, mask, freqs, adaln = args[:4]
+        carried = self._refiner.finish() if self._refiner is not None else self._carried
+        self._refiner = self._carried = None
+        c = torch.cat([carried, unified[:, carried.shape[1]:]], dim=1)
+        self._main = _Chain(self.control, self.control.net.control_layers, c, unified, mask, freqs, adaln)
+
+    def _end_of_pass(self, *_):
+        self._refiner = self._main = self._carried = None
+
+
+def active_at(sigma, sigmas: torch.Tensor, start: float, end: float) -> bool:
+    """Whether the step containing `sigma` lies within [start, end] of the steps (diffusers' convention)."""
+    n = len(sigmas) - 1
+    step = int((sigmas[:-1] >= float(sigma) - 1e-6).sum()) - 1
+    return not (step / n < start - 1e-9 or (step + 1) / n > end + 1e-9)
+
+
+def with_control(model_fn, hooks: ControlHooks, settings: GenerationSettings, sigmas: torch.Tensor):
+    """model_fn with the control hints at `control_weight` on the steps in [control_start, control_end]."""
+    def fn(x, sigma):
+        on = settings.control_weight > 0 and active_at(sigma, sigmas, settings.control_start, settings.control_end)
+        hooks.scale = settings.control_weight if on else 0.0
+        try:
+            return model_fn(x, sigma)
+        finally:
+            hooks.scale = 0.0
+    return fn
+
+
+def keep_known(model_fn, keep: torch.Tensor, known: torch.Tensor):
+    """Inpaint: where keep = 1 the flow points at the known latent, so those latents end exactly on it.
+
+    v = (x - x0) / sigma makes any flow sampler's denoised estimate x - sigma * v equal x0 there.
+    """
+    def fn(x, sigma):
+        v = model_fn(x, sigma)
+        return torch.lerp(v.float(), (x - known) / sigma, keep)
+    return fn
+
+
+def add_control(model, settings: GenerationSettings, sigmas: torch.Tensor, model_fn):
+    """model_fn with the settings' control (and inpaint) composed in; unchanged without a control image."""
+    control = getattr(model, "control", None)
+    if control is None or not settings.control_image:
+        return model_fn
+    inputs = encode_inputs(model, pictures(settings, control.locator, model.device), control.spec)
+    control.hooks.set_context(inputs.context)
+    model_fn = with_control(model_fn, control.hooks, settings, sigmas)
+    return keep_known(model_fn, inputs.keep, inputs.known) if inputs.keep is not None else model_fn
