@@ -118,6 +118,13 @@ class AppUI:
         return [gr.update(value=settings.model_type), self.describe(settings.model_type),
                 *self.field_updates(settings)]
 
+    def control_map(self, model_type, *values):
+        """The map the control model would follow (pose skeleton, edges, depth...), before generating."""
+        try:
+            return self.engine.control_map(self.collect(model_type, values))
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+
     # ---- LoRAs --------------------------------------------------------------------------------------
 
     def lora_folder(self, model_type):
@@ -163,12 +170,16 @@ class AppUI:
             data.pop("guidance_scale", None)
         return self.engine.settings_for(model_type, **data)
 
-    def apply_overrides(self, text_encoder: str = "", vae: str = "") -> None:
-        """Swap in the user's text encoder / VAE (file or folder) for the next load."""
+    def apply_overrides(self, text_encoder: str = "", vae: str = "", transformer_quantization: str = "auto",
+                        text_encoder_quantization: str = "auto", profile: str = "auto") -> None:
+        """Swap in the user's text encoder / VAE (file or folder) and load options for the next load."""
         for label, path in (("text encoder", text_encoder), ("VAE", vae)):
             if path and not Path(path).exists():
                 raise UserError(f"{label} {path}: no such file or folder")
         self.engine.set_overrides({"text_encoder_URLs": text_encoder or None, "vae_URLs": vae or None})
+        self.engine.configure(transformer_quantization=transformer_quantization or "auto",
+                              text_encoder_quantization=text_encoder_quantization or "auto",
+                              profile=None if profile in (None, "auto") else int(profile))
 
     def enhance_prompt(self, model_type, *values, overrides=("", ""), request=None, progress=None):
         """The Enhance button: returns (new prompt, original prompt) for the user to edit."""
@@ -307,6 +318,11 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
                     enhance = gr.Button("Enhance prompt", elem_id="enhance")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                with gr.Accordion("Control", open=True, visible=bool(caps.control_modes)) as control_panel:
+                    for spec in [f for f in FIELDS if f.group == "control"]:
+                        comps[spec.name] = make_component(spec, settings, caps)
+                    show_map = gr.Button("Show the control map", size="sm")
+                    control_map = gr.Image(label="Control map", interactive=False, height=220, format="png")
                 with gr.Accordion("LoRAs", open=False, visible=caps.loras) as lora_panel:
                     gr.Markdown("LoRA files live in the LoRA folder (`--lora-dir-z-image`). Stacking several "
                                 "LoRAs on Turbo often degrades images: lower their strengths if it does.")
@@ -336,6 +352,15 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
                                               info="a Qwen3-4B-shaped encoder, e.g. a Qwen3-4B-Instruct-2507 finetune")
                     vae = gr.Textbox(label="VAE (file or folder; empty: the model type's)",
                                      info="a Flux-compatible 16-channel VAE")
+                with gr.Accordion("Memory", open=False):
+                    gr.Markdown(memory_help(app.engine))
+                    with gr.Row():
+                        tq = gr.Dropdown(["auto", "int8", "bf16"], value=app.engine.options.transformer_quantization,
+                                         label="Transformer file", info="auto: the first one on disk")
+                        teq = gr.Dropdown(["auto", "int8", "bf16"], value=app.engine.options.text_encoder_quantization,
+                                          label="Text encoder file")
+                        profile = gr.Dropdown(profile_choices(), value=str(app.engine.options.profile or "auto"),
+                                              label="Memory profile (CUDA)")
                 restore = gr.File(label="Drop a PNG made by this app to restore its settings", file_types=[".png"])
             with gr.Column(scale=1):
                 preview = gr.Image(label="Live preview", interactive=False, height=256, format="png")
@@ -346,7 +371,8 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
 
         private = dict(api_visibility="private")
         model.input(app.on_model, [model, comps["prompt"]], [about, *fields], **private)
-        model.input(lambda t: gr.update(visible=app.caps(t).loras), model, lora_panel, **private)
+        model.input(lambda t: (gr.update(visible=app.caps(t).loras), gr.update(visible=bool(app.caps(t).control_modes))),
+                    model, [lora_panel, control_panel], **private)
         lora_refresh.click(app.on_refresh_loras, model, [lora_pick, preset_pick], **private)
         lora_add.click(app.on_add_lora, [lora_pick, comps["loras"]], comps["loras"], **private)
         preset_load.click(app.on_load_preset, [model, preset_pick, comps["prompt"]], [comps["loras"], comps["prompt"]],
@@ -357,17 +383,23 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
         restore.upload(app.on_restore, restore, [model, about, *fields], **private)
 
         # a set of inputs arrives as one {component: value} dict, leaving room for Gradio's special arguments
-        inputs = {model, text_encoder, vae, *fields}
+        loading = [text_encoder, vae, tq, teq, profile]
+        inputs = {model, *loading, *fields}
 
         def run(data: dict, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
-            yield from app.generate(data[model], *[data[c] for c in fields], overrides=(data[text_encoder], data[vae]),
+            yield from app.generate(data[model], *[data[c] for c in fields], overrides=[data[c] for c in loading],
                                     request=request, progress=progress)
 
         def rewrite(data: dict, request: gr.Request, progress=gr.Progress()):
-            return app.enhance_prompt(data[model], *[data[c] for c in fields],
-                                      overrides=(data[text_encoder], data[vae]), request=request, progress=progress)
+            return app.enhance_prompt(data[model], *[data[c] for c in fields], overrides=[data[c] for c in loading],
+                                      request=request, progress=progress)
 
         go.click(run, inputs, [preview, gallery, info, used], **private)
+
+        def make_map(data: dict, progress=gr.Progress(track_tqdm=True)):
+            return app.control_map(data[model], *[data[c] for c in fields])
+
+        show_map.click(make_map, inputs, control_map, **private)
         enhance.click(rewrite, inputs, [comps["prompt"], comps["original_prompt"]], **private)
         comps["prompt"].input(lambda: "", None, comps["original_prompt"], **private)  # a new prompt of the user's
         gallery.select(app.on_select, None, used, **private)
@@ -385,6 +417,9 @@ def make_component(spec, settings, caps):
         common.pop("info")  # a table has no info line
         return gr.Dataframe(value=value, headers=LORA_COLUMNS, datatype=["str", "number", "str"], type="array",
                             column_count=(3, "fixed"), interactive=True, **common)
+    if spec.kind == "image":
+        common.pop("info")
+        return gr.Image(value=value, type="filepath", sources=["upload", "clipboard"], height=220, **common)
     if spec.kind in ("text", "hidden"):
         return gr.Textbox(value=value, lines=3 if spec.name == "prompt" else 1, **common)
     if spec.kind == "slider":
@@ -393,12 +428,29 @@ def make_component(spec, settings, caps):
     if spec.kind == "number":
         return gr.Number(value=value, precision=0 if spec.is_int() else None, **common)
     if spec.kind == "dropdown":
-        return gr.Dropdown(list(spec.choices(caps)), value=value, **common)
+        # a hidden control keeps its value even when this type offers no choices; settings validation decides
+        return gr.Dropdown(list(spec.choices(caps)), value=value, allow_custom_value=True, **common)
     return gr.Checkbox(value=value, **common)
+
+
+def profile_choices() -> list:
+    from core.offload import profile_table
+
+    rows = [(f"{r['profile']}: {r['name']} ({r['ram_gb']} GB RAM, {r['vram_gb']} GB VRAM)", str(r["profile"]))
+            for r in profile_table()]
+    return [("auto: suggested for this machine", "auto"), ("0: none (everything on the GPU)", "0"), *rows]
+
+
+def memory_help(engine) -> str:
+    notes = engine.startup_notes()
+    return ("INT8 files halve the memory the weights need; memory profiles stream weights to a GPU with less VRAM "
+            "than the model (see the README's profile table)." + ("\n\n" + " ".join(notes) if notes else ""))
 
 
 def field_value(spec, settings):
     value = getattr(settings, spec.name)
+    if spec.kind == "image":
+        return value or None
     return loras_to_rows(value) if spec.kind == "loras" else value
 
 

@@ -20,7 +20,8 @@ def always(_caps: Capabilities) -> bool:
 @dataclass(frozen=True)
 class FieldSpec:
     name: str  # a GenerationSettings field
-    kind: str  # "text" | "number" | "slider" | "dropdown" | "checkbox" | "hidden" (kept, not shown) | "loras"
+    kind: str  # "text" | "number" | "slider" | "dropdown" | "checkbox" | "image" (a file path) | "loras"
+    #            | "hidden" (kept, not shown)
     label: str
     group: str = "main"  # "main" | "size" | "advanced"
     visible: Callable[[Capabilities], bool] = always
@@ -58,6 +59,28 @@ FIELDS = [
               step=0.1, info="0 turns CFG off; each step then costs one pass instead of two"),
     FieldSpec("flow_shift", "slider", "Shift", visible=lambda c: c.shift, bounds=lambda c: (0.5, 12), step=0.1,
               info="higher spends more steps on composition, lower on detail"),
+    FieldSpec("control_image", "image", "Control picture (a photo to follow, or a ready map)", "control",
+              visible=lambda c: bool(c.control_modes)),
+    FieldSpec("control_mode", "dropdown", "Control mode", "control", visible=lambda c: bool(c.control_modes),
+              choices=lambda c: c.control_modes,
+              info="pose, canny, depth, gray: made from the picture; raw: the picture is the map; none: inpaint only"),
+    FieldSpec("control_weight", "slider", "Control weight", "control", visible=lambda c: bool(c.control_modes),
+              bounds=lambda c: (0, 2), step=0.05, info="the model cards recommend 0.65-0.9"),
+    FieldSpec("control_fit", "dropdown", "Fit the picture", "control", visible=lambda c: bool(c.control_modes),
+              choices=lambda c: ("crop", "fit", "image"),
+              info="crop to the output size, fit inside it, or take the output size from the picture"),
+    FieldSpec("mask", "image", "Inpaint mask (white = repaint; the control picture is the image kept)", "control",
+              visible=lambda c: c.inpaint),
+    FieldSpec("control_start", "slider", "Control from (share of steps)", "control", visible=lambda c: bool(c.control_modes),
+              bounds=lambda c: (0, 1), step=0.05),
+    FieldSpec("control_end", "slider", "Control until (share of steps)", "control", visible=lambda c: bool(c.control_modes),
+              bounds=lambda c: (0, 1), step=0.05),
+    FieldSpec("canny_low", "number", "Canny low threshold", "control", visible=lambda c: bool(c.control_modes),
+              bounds=lambda c: (0, 255)),
+    FieldSpec("canny_high", "number", "Canny high threshold", "control", visible=lambda c: bool(c.control_modes),
+              bounds=lambda c: (0, 255)),
+    FieldSpec("depth_model", "dropdown", "Depth model", "control", visible=lambda c: bool(c.control_modes),
+              choices=lambda c: ("small", "large")),
     FieldSpec("loras", "loras", "LoRAs (strength -2 to 2; schedule e.g. 1.0,0.5 spreads over the steps)", "lora",
               visible=lambda c: c.loras),
     FieldSpec("width", "number", "Width", "size", bounds=lambda c: (MIN_SIDE, MAX_SIDE), step=SIDE_MULTIPLE),
