@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.bench_core import SMALL  # noqa: E402
+from benchmarks.bench_core import SMALL, timed  # noqa: E402
 
 TYPE = "bench_int8"
 
@@ -84,14 +84,6 @@ def build(folder: Path) -> Path:
         add_alternative(finetunes, model_def, done.field, done.path, engine.locator)
     return finetunes
 
-
-def timed(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def psnr(a, b) -> float:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.bench_core import SMALL, build  # noqa: E402
+from benchmarks.bench_core import SMALL, build, timed  # noqa: E402
 
 
 def write_lora(path: Path, linears: dict, rank: int, seed: int) -> int:
@@ -73,14 +73,6 @@ def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
 
-
-def timed(fn, repeats) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main():

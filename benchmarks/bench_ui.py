@@ -23,6 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.bench_core import timed  # noqa: E402
+
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -79,22 +81,16 @@ def main():
     url = f"http://127.0.0.1:{port}/"
     try:
         engine.save(engine.generate(settings), work / "cli")  # load and warm up
-        cli = [timed(lambda: engine.save(engine.generate(settings), work / "cli")) for _ in range(args.repeats)]
+        cli = timed(lambda: engine.save(engine.generate(settings), work / "cli"), args.repeats)
         client = Client(url, verbose=False)
         body = json.dumps({"seed": 1, "num_inference_steps": args.steps})
-        api = [timed(lambda: client.predict(prompt=settings.prompt, model_type=model_json.stem, settings=body,
-                                            api_name="/txt2img")) for _ in range(args.repeats)]
+        api = timed(lambda: client.predict(prompt=settings.prompt, model_type=model_json.stem, settings=body,
+                                           api_name="/txt2img"), args.repeats)
         page_times, first_updates = browser_runs(chromium, url, model_json.stem, settings, args.repeats)
     finally:
         demo.close()
-    report(statistics.median(cli), statistics.median(api), statistics.median(page_times),
+    report(cli, api, statistics.median(page_times),
            statistics.median(first_updates), args)
-
-
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def browser_runs(chromium, url, model_type, settings, repeats):
