@@ -30,23 +30,23 @@ SMALL = dict(dim=512, n_layers=4, heads=4, cap_dim=128, refiner_layers=2)
 
 def rss_probe(path: str) -> None:
     """Child process: load a transformer file and print RSS growth (bytes) while loading."""
-    import resource
+    import tempfile
 
-    from accelerate import init_empty_weights  # noqa: F401  (imports are not part of loading)
-    from diffusers import ZImageTransformer2DModel  # noqa: F401
-    from diffusers.models.transformers.transformer_z_image import TimestepEmbedder  # noqa: F401
+    from safetensors.torch import save_file
 
-    from models.z_image import loader
+    from core.memory import _kernel_peak, _reset_kernel_peak, current_rss
+    from models.z_image import loader, tiny
 
-    def rss():
-        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    before = rss()
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # warm up every import and first-call cache with a tiny file: they are not part of loading
+    warm = Path(tempfile.mkdtemp()) / "warm.safetensors"
+    save_file(tiny.state_dict_for_file(tiny.make_transformer()), str(warm))
+    loader.load_transformer(warm, {}, torch.float32)
+    _reset_kernel_peak()  # the kernel's peak RSS now starts from here
+    before = current_rss()
     model = loader.load_transformer(Path(path), {}, torch.float32)
     sum(float(p.sum()) for p in model.parameters())  # touch every weight, as a first generation would
-    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, peak_before)
-    print(json.dumps({"growth": max(rss(), peak) - before, "rss_growth_after": rss() - before}))
+    peak = max(_kernel_peak() or 0, current_rss())
+    print(json.dumps({"growth": peak - before, "rss_growth_after": current_rss() - before}))
 
 
 def build(folder: Path):

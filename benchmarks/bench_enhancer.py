@@ -29,8 +29,8 @@ def write_encoder(folder: Path) -> Path:
 
 
 def probe(mode: str, device: str, tokens: int, path: str) -> dict:
-    """Child process: load the encoder, condition (and enhance); report peak memory growth."""
-    import resource
+    """Child process: load the encoder, condition (and enhance); report peak memory growth over the
+    process's memory after imports (the kernel's peak counter is reset there)."""
     import time
 
     import torch
@@ -40,14 +40,16 @@ def probe(mode: str, device: str, tokens: int, path: str) -> dict:
     from models.z_image import loader, tiny
     from models.z_image.enhancer import enhance
     from models.z_image.text import PromptEncoder
+    from core.memory import _kernel_peak, _reset_kernel_peak, current_rss
 
     tok = tiny.make_tokenizer()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _reset_kernel_peak()
+    base = current_rss() // 1024
     te = loader.load_text_encoder(Path(path), torch.float32).to(device)
     sum(float(p.sum()) for p in te.parameters())  # all weights resident, as on a GPU, in both modes
     enc = PromptEncoder(te, tok)
     enc.encode(["a lighthouse on a cliff at dusk"])
-    after_conditioning = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after_conditioning = _kernel_peak() // 1024
     rate = 0.0
     if mode == "enhance":
         rates = []
@@ -58,9 +60,10 @@ def probe(mode: str, device: str, tokens: int, path: str) -> dict:
         except UserError:
             pass  # random weights write no usable text; speed and memory are what is measured
         rate = rates[-1] / (time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _kernel_peak() // 1024
     weights = sum(p.numel() * p.element_size() for p in te.parameters())
-    return {"growth_kb": peak - base, "conditioning_kb": after_conditioning - base, "tokens_per_s": rate,
+    return {"growth_kb": (peak if mode == "enhance" else after_conditioning) - base,
+            "conditioning_kb": after_conditioning - base, "tokens_per_s": rate,
             "weights_bytes": weights, "tied": te.lm_head.weight.data_ptr() == te.model.embed_tokens.weight.data_ptr()}
 
 

@@ -56,7 +56,7 @@ def step_times(engine, settings, repeats):
     cond, negative = model.encoder.encode([settings.prompt, settings.negative_prompt])
     sigmas = shifted_simple(8, 3.0).to(model.device)
     x = initial_noise(settings, torch.Generator().manual_seed(0), 16).to(model.device)
-    plain = make_model_fn(model, settings, cond, None)
+    plain = make_model_fn(model, settings, lambda sigma: [cond] * x.shape[0], None)
     nag = NegativeAttentionGuidance(model.transformer, negative, 3.0, 2.5, 0.25)
     guided = nag.wrap(plain, sigmas)
     guided(x, sigmas[0])  # warm up (and the negative's one-time refinement)

@@ -54,7 +54,8 @@ def step_timer(engine, settings):
     model = engine.model
     cond = model.encoder.encode([settings.prompt])[0]
     sigmas = shifted_simple(settings.num_inference_steps, settings.flow_shift).to(model.device)
-    x = initial_noise(settings, settings.seed, model.transformer.config.in_channels).to(model.device)
+    x = initial_noise(settings, torch.Generator("cpu").manual_seed(settings.seed),
+                      model.transformer.config.in_channels).to(model.device)
 
     def one_step():
         engine.apply_loras(settings)  # cached: only moves hooks
