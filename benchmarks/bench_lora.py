@@ -59,7 +59,8 @@ def step_timer(engine, settings):
 
     def one_step():
         engine.apply_loras(settings)  # cached: only moves hooks
-        model_fn = scheduled(make_model_fn(model, settings, cond, None), model.loras, settings.loras, sigmas)
+        model_fn = scheduled(make_model_fn(model, settings, lambda sigma: [cond] * x.shape[0], None), model.loras,
+                             settings.loras, sigmas)
         sync(model.device)
         t0 = time.perf_counter()
         with torch.no_grad():

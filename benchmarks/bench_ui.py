@@ -40,6 +40,7 @@ CLICK_AND_TIME = """(before) => new Promise(resolve => {
       obs.disconnect(); resolve([first, performance.now() - t0]);
     }
   };
+  setTimeout(() => { obs.disconnect(); resolve([first, null]); }, 120000);  // no image: reported, not hung
   const obs = new MutationObserver(check);
   obs.observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
   document.querySelector('#generate').click();
@@ -102,6 +103,7 @@ def browser_runs(chromium, url, model_type, settings, repeats):
         page.goto(url)
         page.get_by_label("Model type").click()
         page.get_by_role("option", name=model_type).click()
+        page.get_by_text("Tiny test model").first.wait_for(timeout=30_000)  # the switch has applied its defaults
         page.locator("#field-prompt textarea").fill(settings.prompt)
         page.locator("#field-seed input").fill("1")
         page.locator("#field-num_inference_steps input[type=number]").fill(str(settings.num_inference_steps))
@@ -109,6 +111,8 @@ def browser_runs(chromium, url, model_type, settings, repeats):
         page.evaluate(CLICK_AND_TIME, page.evaluate(info))  # warm up the page's code paths
         runs = [page.evaluate(CLICK_AND_TIME, page.evaluate(info)) for _ in range(repeats)]
         browser.close()
+    if any(r[1] is None for r in runs):
+        sys.exit("the page showed no image within 2 minutes: see the server's log above")
     return [r[1] / 1000 for r in runs], [r[0] / 1000 for r in runs if r[0] is not None]
 
 

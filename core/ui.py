@@ -23,6 +23,7 @@ from core.ui_memory import SettingsMemory
 
 log = logging.getLogger("zimage.ui")
 CUSTOM_SIZE = "custom"
+PREVIEW_INTERVAL = 0.25  # seconds between live previews at most (a real model's step takes longer)
 
 
 def preset_choices() -> dict[str, tuple[int, int]]:
@@ -228,7 +229,7 @@ class AppUI:
 
     def _run(self, settings, owner, progress):
         total = settings.num_inference_steps * settings.count
-        started = time.perf_counter()
+        started = last_preview = time.perf_counter()
         for event in self.runner.run(settings, owner):
             if isinstance(event, TokenEvent):
                 progress(None, desc=f"Enhancing the prompt: {event.tokens} tokens, {event.per_second:.1f} tokens/s")
@@ -237,7 +238,10 @@ class AppUI:
                 done = event.run * event.total + event.step + 1
                 progress((done, total), desc=f"Batch {event.run + 1}/{settings.count}, step {event.step + 1}/"
                                               f"{event.total}")
-                yield self.engine.preview(event.latents), gr.skip(), f"Step {done}/{total}", gr.skip()
+                if time.perf_counter() - last_preview >= PREVIEW_INTERVAL or done == total:
+                    # every step of a real model; fast toy steps would spend their time on pictures
+                    last_preview = time.perf_counter()
+                    yield self.engine.preview(event.latents), gr.skip(), f"Step {done}/{total}", gr.skip()
             else:
                 paths = self.engine.save(event, self.output_dir)
                 seconds = time.perf_counter() - started

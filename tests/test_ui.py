@@ -129,7 +129,10 @@ def values_for(app, model_type, **changes):
     return [getattr(s, spec.name) for spec in FIELDS]
 
 
-def test_generate_streams_progress_and_previews(engine, tmp_path):
+def test_generate_streams_progress_and_previews(engine, tmp_path, monkeypatch):
+    import core.ui
+
+    monkeypatch.setattr(core.ui, "PREVIEW_INTERVAL", 0.0)  # as with a real model, whose steps take seconds
     app = AppUI(engine, tmp_path / "out", tmp_path / "mem.json")
     progress = FakeProgress()
     steps = list(app.generate("z_image_tiny_test", *values_for(app, "z_image_tiny_test", prompt="a cat", seed=1,
@@ -143,6 +146,11 @@ def test_generate_streams_progress_and_previews(engine, tmp_path):
     assert len(gallery) == 2 and used["seed"] == 1
     assert Image.open(gallery[0][0]).size == (256, 256)
     assert app.memory.get("z_image_tiny_test")["prompt"] == "a cat"  # remembered for next time
+    monkeypatch.setattr(core.ui, "PREVIEW_INTERVAL", 3600.0)
+    quick = list(app.generate("z_image_tiny_test", *values_for(app, "z_image_tiny_test", prompt="a cat", seed=1,
+                                                                  num_inference_steps=4), request=FakeRequest(),
+                              progress=FakeProgress()))
+    assert sum(isinstance(s[0], Image.Image) for s in quick) == 1  # fast steps: only the last preview is sent
 
 
 def test_capabilities_decide_visible_controls(engine, tmp_path):
