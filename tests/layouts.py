@@ -13,21 +13,27 @@ from safetensors.torch import save_file
 from models.z_image.tiny import state_dict_for_file
 
 
-def to_original_keys(transformer_sd: dict, prefix: str = "", junk: bool = False) -> dict:
-    """diffusers names -> original/ComfyUI names with fused qkv."""
+def _fused_attention_keys(sd: dict, prefix: str, rename) -> dict:
+    """diffusers attention names -> the original code's (fused qkv, out, q_norm/k_norm); `rename` maps the rest."""
     out = {}
-    for name, t in transformer_sd.items():
+    for name, t in sd.items():
         if ".attention.to_k." in name or ".attention.to_v." in name:
             continue
         if ".attention.to_q." in name:
             base = name.split(".attention.to_q.")[0]
-            parts = [transformer_sd[f"{base}.attention.to_{p}.weight"] for p in "qkv"]
+            parts = [sd[f"{base}.attention.to_{p}.weight"] for p in "qkv"]
             out[f"{prefix}{base}.attention.qkv.weight"] = torch.cat(parts).contiguous()
             continue
-        new = (name.replace("all_x_embedder.2-1.", "x_embedder.").replace("all_final_layer.2-1.", "final_layer.")
-               .replace(".attention.to_out.0.", ".attention.out.").replace(".attention.norm_q.", ".attention.q_norm.")
-               .replace(".attention.norm_k.", ".attention.k_norm."))
+        new = (rename(name).replace(".attention.to_out.0.", ".attention.out.")
+               .replace(".attention.norm_q.", ".attention.q_norm.").replace(".attention.norm_k.", ".attention.k_norm."))
         out[prefix + new] = t
+    return out
+
+
+def to_original_keys(transformer_sd: dict, prefix: str = "", junk: bool = False) -> dict:
+    """diffusers names -> original/ComfyUI names with fused qkv."""
+    out = _fused_attention_keys(transformer_sd, prefix, lambda n: n.replace("all_x_embedder.2-1.", "x_embedder.")
+                                .replace("all_final_layer.2-1.", "final_layer."))
     if junk:
         out[prefix + "norm_final.weight"] = torch.ones(4)
     return out
@@ -156,19 +162,7 @@ def write_wan2gp_int8(path: Path, model, stacks=("layers.",), scale_dtype=torch.
 
 def to_comfyui_control_keys(control_sd: dict, prefix: str = "") -> dict:
     """Original (diffusers-named) control keys -> ComfyUI's in-memory names: fused qkv, out, q_norm/k_norm."""
-    out = {}
-    for name, t in control_sd.items():
-        if ".attention.to_k." in name or ".attention.to_v." in name:
-            continue
-        if ".attention.to_q." in name:
-            base = name.split(".attention.to_q.")[0]
-            parts = [control_sd[f"{base}.attention.to_{p}.weight"] for p in "qkv"]
-            out[f"{prefix}{base}.attention.qkv.weight"] = torch.cat(parts).contiguous()
-            continue
-        new = (name.replace(".attention.to_out.0.", ".attention.out.")
-               .replace(".attention.norm_q.", ".attention.q_norm.").replace(".attention.norm_k.", ".attention.k_norm."))
-        out[prefix + new] = t
-    return out
+    return _fused_attention_keys(control_sd, prefix, lambda n: n)
 
 
 def write_control_diffusers_folder(folder: Path, control) -> Path:
