@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from core.errors import Interrupted, ModelFileError, SettingsError
-from models.z_image.enhancer import fit_budget, strip_thinking
+from models.z_image.enhancer import chat_input, fit_budget, generate_tokens, sample_token, strip_thinking
 from models.z_image.text import MAX_TOKENS
 
 
@@ -58,6 +58,51 @@ def test_enhance_progress_and_stop(engine):
 
     with pytest.raises(Interrupted):
         engine.enhance(s, on_token=stop)
+
+
+def test_chunked_prompt_reading_matches_one_pass(engine):
+    """Reading the prompt a few tokens at a time into the static cache samples the same tokens as one pass."""
+    enc = engine.load("z_image_tiny_test").encoder
+    te, ids = enc.text_encoder, chat_input(enc.tokenizer, "a red barn", False)
+    assert ids.shape[1] > 20 and te.config.num_key_value_heads < te.config.num_attention_heads  # grouped KV
+    with torch.no_grad():
+        runs = [generate_tokens(te, ids, torch.Generator().manual_seed(5), 12, set(), chunk=c)
+                for c in (7, ids.shape[1])]
+        te.set_attn_implementation("sdpa")  # transformers' own attention gives the same tokens
+        try:
+            runs.append(generate_tokens(te, ids, torch.Generator().manual_seed(5), 12, set(), chunk=7))
+        finally:
+            te.set_attn_implementation("zimage_sdpa")
+    assert runs[0] == runs[1] == runs[2] and len(runs[0]) == 12
+
+
+def test_conditioning_same_with_transformers_attention(engine):
+    enc = engine.load("z_image_tiny_test").encoder
+    te, prompts = enc.text_encoder, ["a lighthouse on a cliff at dusk, waves below", "a cat"]
+    with torch.no_grad():
+        ours = type(enc)(te, enc.tokenizer).encode(prompts)  # fresh encoders: no cached results
+        te.set_attn_implementation("sdpa")
+        try:
+            theirs = type(enc)(te, enc.tokenizer).encode(prompts)
+        finally:
+            te.set_attn_implementation("zimage_sdpa")
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours, theirs))
+
+
+def test_sampling_keeps_top_k_and_top_p():
+    logits = torch.tensor([0.0, 5.0, 4.9, -1.0, 3.0])
+    g = torch.Generator().manual_seed(0)
+    assert {int(sample_token(logits, g, top_k=1)) for _ in range(20)} == {1}
+    assert {int(sample_token(logits, g, top_p=0.01)) for _ in range(20)} == {1}  # the most likely always stays
+    assert {int(sample_token(logits, g, top_k=2, top_p=1.0)) for _ in range(200)} == {1, 2}
+
+
+def test_generation_stops_at_end_of_turn(engine):
+    enc = engine.load("z_image_tiny_test").encoder
+    ids = chat_input(enc.tokenizer, "a boat", False)
+    first = generate_tokens(enc.text_encoder, ids, torch.Generator().manual_seed(2), 6, set())
+    stopped = generate_tokens(enc.text_encoder, ids, torch.Generator().manual_seed(2), 6, {first[2]})
+    assert stopped == first[:first.index(first[2]) + 1]
 
 
 def test_generate_with_enhance_stores_both_prompts(engine, tmp_path):

@@ -53,31 +53,59 @@ def fit_budget(encoder, text: str) -> str:
     return text.strip()
 
 
+def sample_token(logits: torch.Tensor, generator: torch.Generator, temperature: float = 0.7, top_k: int = 20,
+                 top_p: float = 0.8) -> torch.Tensor:
+    """One token id from `logits` [vocab]: temperature, then the top_k most likely, then the smallest set
+    of those whose probability reaches top_p."""
+    values, ids = torch.topk(logits.float() / temperature, min(top_k, logits.shape[-1]))
+    probs = values.softmax(-1)
+    keep = probs.cumsum(-1) - probs < top_p  # always keeps the most likely token
+    probs = probs * keep
+    return ids[torch.multinomial(probs / probs.sum(), 1, generator=generator)]
+
+
+def generate_tokens(model, ids: torch.Tensor, generator: torch.Generator, max_new_tokens: int, stop_ids: set[int],
+                    on_token=None, chunk: int = 64) -> list[int]:
+    """Sampled continuation of `ids` [1, prompt_len] by a causal LM, without the prompt.
+
+    Memory beyond the weights is the KV cache (allocated once for prompt + new tokens) and one chunk's
+    activations: the prompt is read `chunk` tokens at a time and only its last position goes through the
+    output head."""
+    from transformers import StaticCache
+
+    cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + max_new_tokens)
+    for part in ids.split(chunk, dim=1):
+        hidden = model.model(input_ids=part, past_key_values=cache, use_cache=True).last_hidden_state
+    logits = model.lm_head(hidden[:, -1])
+    out, started = [], time.perf_counter()
+    for _ in range(max_new_tokens):
+        token = sample_token(logits[0], generator)
+        out.append(int(token))
+        if on_token is not None:
+            on_token(len(out), len(out) / max(time.perf_counter() - started, 1e-6))
+        if out[-1] in stop_ids:
+            break
+        logits = model(input_ids=token.view(1, 1), past_key_values=cache, use_cache=True).logits[:, -1]
+    return out
+
+
+def _stop_ids(tok) -> set[int]:
+    names = ("<|im_end|>", "<|endoftext|>")
+    return {tok.convert_tokens_to_ids(n) for n in names if n in tok.get_vocab()} | (
+        {tok.eos_token_id} if tok.eos_token_id is not None else set())
+
+
 @torch.no_grad()
 def enhance(encoder, prompt: str, seed: int, thinking: bool = False, max_new_tokens: int = 400,
             on_token=None) -> str:
     """The rewritten prompt. `on_token(n_tokens, tokens_per_second)` may raise Interrupted to stop.
 
-    Sampling is seeded (same seed, same rewrite) without disturbing the global random state."""
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
+    Sampling is seeded (same seed, same rewrite) with its own generator: the global random state is untouched."""
     model, tok = encoder.text_encoder, encoder.tokenizer
     ids = chat_input(tok, prompt, thinking).to(model.device)
-    started = time.perf_counter()
-
-    class Report(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            n = input_ids.shape[1] - ids.shape[1]
-            if on_token is not None:
-                on_token(n, n / max(time.perf_counter() - started, 1e-6))
-            return False
-
-    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.7, top_p=0.8,
-                             top_k=20, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                             stopping_criteria=StoppingCriteriaList([Report()]))
-    raw = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=False)  # keep <think> to strip it whole
+    generator = torch.Generator(model.device).manual_seed(seed)
+    new = generate_tokens(model, ids, generator, max_new_tokens, _stop_ids(tok), on_token)
+    raw = tok.decode(new, skip_special_tokens=False)  # keep <think> to strip it whole
     text = strip_thinking(re.sub(r"<\|[^|>]*\|>", "", raw))
     if not text:
         raise UserError("the enhancer wrote no usable prompt: try another seed, or turn its thinking off")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from models.z_image.attention import register as register_attention
+
 from core import quantization as Q
 from core.errors import ModelFileError
 from core.safetensors_io import TensorFileInfo, load_tensors, read_header, read_headers, weight_files_in
@@ -116,6 +118,7 @@ def load_text_encoder(path: Path, dtype: torch.dtype):
     shapes = Q.logical_shapes(K.plan_shapes(plan, {k: v[1] for k, v in info.tensors.items()}), int8)
     config = Qwen3Config(**infer_qwen3_config(info.name, shapes, folder_config(path)))
     model = build_empty(lambda: Qwen3ForCausalLM(config))
+    model.set_attn_implementation(register_attention())
     tied = ("lm_head.weight",) if config.tie_word_embeddings else ()
     check_shapes(model, shapes, info.name, "Qwen3 text encoder", tied=tied)
     _fill(model, plan, info, int8, dtype, tied)

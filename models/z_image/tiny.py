@@ -47,10 +47,10 @@ def make_transformer(seed=0, twinflow=False, **kw):
     return model.eval()
 
 
-def make_text_encoder(seed=1, hidden=32, layers=3, heads=2, kv_heads=1, vocab=len(SPECIALS) + 256):
+def make_text_encoder(seed=1, hidden=32, layers=3, heads=2, kv_heads=1, vocab=len(SPECIALS) + 256, intermediate=None):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    config = Qwen3Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2,
+    config = Qwen3Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate or hidden * 2,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                          head_dim=hidden // heads, max_position_embeddings=1024, tie_word_embeddings=True,
                          pad_token_id=256, rope_theta=1e6)
