@@ -66,7 +66,8 @@ def sample_token(logits: torch.Tensor, generator: torch.Generator, temperature: 
 
 def generate_tokens(model, ids: torch.Tensor, generator: torch.Generator, max_new_tokens: int, stop_ids: set[int],
                     on_token=None, chunk: int = 64) -> list[int]:
-    """Sampled continuation of `ids` [1, prompt_len] by a causal LM, without the prompt.
+    """Sampled continuation of `ids` [1, prompt_len] by a causal LM, without the prompt. Sampling runs on the
+    CPU with the CPU `generator`, so a seed gives the same choices on any device.
 
     Memory beyond the weights is the KV cache (allocated once for prompt + new tokens) and one chunk's
     activations: the prompt is read `chunk` tokens at a time and only its last position goes through the
@@ -79,13 +80,13 @@ def generate_tokens(model, ids: torch.Tensor, generator: torch.Generator, max_ne
     logits = model.lm_head(hidden[:, -1])
     out, started = [], time.perf_counter()
     for _ in range(max_new_tokens):
-        token = sample_token(logits[0], generator)
+        token = sample_token(logits[0].cpu(), generator)
         out.append(int(token))
         if on_token is not None:
             on_token(len(out), len(out) / max(time.perf_counter() - started, 1e-6))
         if out[-1] in stop_ids:
             break
-        logits = model(input_ids=token.view(1, 1), past_key_values=cache, use_cache=True).logits[:, -1]
+        logits = model(input_ids=token.view(1, 1).to(ids.device), past_key_values=cache, use_cache=True).logits[:, -1]
     return out
 
 
@@ -103,7 +104,7 @@ def enhance(encoder, prompt: str, seed: int, thinking: bool = False, max_new_tok
     Sampling is seeded (same seed, same rewrite) with its own generator: the global random state is untouched."""
     model, tok = encoder.text_encoder, encoder.tokenizer
     ids = chat_input(tok, prompt, thinking).to(model.device)
-    generator = torch.Generator(model.device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     new = generate_tokens(model, ids, generator, max_new_tokens, _stop_ids(tok), on_token)
     raw = tok.decode(new, skip_special_tokens=False)  # keep <think> to strip it whole
     text = strip_thinking(re.sub(r"<\|[^|>]*\|>", "", raw))
