@@ -3,7 +3,8 @@
 In one run: seconds per image through the engine directly (the CLI's path), through the page in headless
 Chromium (click Generate -> image shown), and through the txt2img API; and the time from clicking Generate to
 the first progress update on the page. Targets: page adds at most 0.3 s per image; first update under 1 s.
-Needs Debian's chromium and the playwright package. Run: python benchmarks/bench_ui.py [--repeats 3]
+Needs Debian's chromium and the playwright package. Run: python benchmarks/bench_ui.py [--repeats 8]
+The three paths take turns in each round, so a change in the machine's load affects them alike.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.bench_core import timed  # noqa: E402
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -55,11 +55,10 @@ def free_port() -> int:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--steps", type=int, default=8)
     args = ap.parse_args()
     from gradio_client import Client
-    from playwright.sync_api import sync_playwright
 
     from core.engine import Engine
     from core.files import FileLocator
@@ -80,21 +79,33 @@ def main():
     demo.queue(default_concurrency_limit=1).launch(server_port=port, prevent_thread_lock=True, quiet=True,
                                                    allowed_paths=[str(work / "out")])
     url = f"http://127.0.0.1:{port}/"
+    body = json.dumps({"seed": 1, "num_inference_steps": args.steps})
+    times = {"cli": [], "api": [], "page": [], "first": []}
     try:
-        engine.save(engine.generate(settings), work / "cli")  # load and warm up
-        cli = timed(lambda: engine.save(engine.generate(settings), work / "cli"), args.repeats)
         client = Client(url, verbose=False)
-        body = json.dumps({"seed": 1, "num_inference_steps": args.steps})
-        api = timed(lambda: client.predict(prompt=settings.prompt, model_type=model_json.stem, settings=body,
-                                           api_name="/txt2img"), args.repeats)
-        page_times, first_updates = browser_runs(chromium, url, model_json.stem, settings, args.repeats)
+        paths = {
+            "cli": lambda: engine.save(engine.generate(settings), work / "cli"),
+            "api": lambda: client.predict(prompt=settings.prompt, model_type=model_json.stem, settings=body,
+                                          api_name="/txt2img"),
+        }
+        with browser_page(chromium, url, model_json.stem, settings) as click:
+            paths["page"] = click
+            for round_ in range(args.repeats + 1):  # interleaved, so machine load drifts alike; round 0 warms up
+                for name, fn in paths.items():
+                    t0 = time.perf_counter()
+                    first = fn()
+                    if round_:
+                        times[name].append(time.perf_counter() - t0)
+                        if name == "page":
+                            times["first"].append(first)
     finally:
         demo.close()
-    report(cli, api, statistics.median(page_times),
-           statistics.median(first_updates), args)
+    report(*(statistics.median(times[k]) for k in ("cli", "api", "page", "first")), args)
 
 
-def browser_runs(chromium, url, model_type, settings, repeats):
+@contextmanager
+def browser_page(chromium, url, model_type, settings):
+    """Yields click(): generate on the page; returns seconds from the click to the first progress update."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -107,13 +118,16 @@ def browser_runs(chromium, url, model_type, settings, repeats):
         page.locator("#field-prompt textarea").fill(settings.prompt)
         page.locator("#field-seed input").fill("1")
         page.locator("#field-num_inference_steps input[type=number]").fill(str(settings.num_inference_steps))
-        info = "() => { const img = document.querySelector('#gallery img'); return img ? img.src : ''; }"
-        page.evaluate(CLICK_AND_TIME, page.evaluate(info))  # warm up the page's code paths
-        runs = [page.evaluate(CLICK_AND_TIME, page.evaluate(info)) for _ in range(repeats)]
+        shown = "() => { const img = document.querySelector('#gallery img'); return img ? img.src : ''; }"
+
+        def click():
+            first, total = page.evaluate(CLICK_AND_TIME, page.evaluate(shown))
+            if total is None:
+                sys.exit("the page showed no image within 2 minutes: see the server's log above")
+            return first / 1000 if first is not None else float("nan")
+
+        yield click
         browser.close()
-    if any(r[1] is None for r in runs):
-        sys.exit("the page showed no image within 2 minutes: see the server's log above")
-    return [r[1] / 1000 for r in runs], [r[0] / 1000 for r in runs if r[0] is not None]
 
 
 def report(cli, api, page, first, args):

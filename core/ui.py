@@ -367,9 +367,11 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
                                               label="Memory profile (CUDA)")
                 restore = gr.File(label="Drop a PNG made by this app to restore its settings", file_types=[".png"])
             with gr.Column(scale=1):
+                # progress shows on this status line only: an overlay would hide the live preview, and
+                # animating every output costs the browser CPU that a small machine's generation needs
+                info = gr.Markdown(elem_id="info", min_height=72, container=True)
                 preview = gr.Image(label="Live preview", interactive=False, height=256, format="png")
                 gallery = gr.Gallery(label="Results", format="png", columns=2, elem_id="gallery")
-                info = gr.Markdown(elem_id="info")
                 used = gr.JSON(label="Settings used (click an image)")
         fields = [comps[spec.name] for spec in FIELDS]
 
@@ -398,7 +400,7 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
             return app.enhance_prompt(data[model], *[data[c] for c in fields], overrides=[data[c] for c in loading],
                                       request=request, progress=progress)
 
-        go.click(run, inputs, [preview, gallery, info, used], **private)
+        go.click(run, inputs, [preview, gallery, info, used], show_progress_on=info, **private)
 
         def make_map(data: dict, progress=gr.Progress(track_tqdm=True)):
             return app.control_map(data[model], *[data[c] for c in fields])
