@@ -166,6 +166,19 @@ def test_weight_zero_is_exactly_no_control(ctl):
     assert np.abs(image_of(ctl, settings(ctl, control_image=str(flipped))) - controlled).max() > 10
 
 
+@pytest.mark.parametrize("version", ["1.0", "2.0", "2.1"])
+def test_nag_guides_the_control_blocks_too(ctl, version):
+    """With control, the negative caption's tokens take the control hint the reference pass with the negative
+    in the caption slot would give them: the same caption in both slots changes nothing (up to rounding),
+    and another negative changes the picture."""
+    nag = dict(nag_scale=8.0, nag_alpha=1.0, nag_tau=50.0, nag_start=0.0, nag_end=1.0)
+    plain = image_of(ctl, settings(ctl, version, negative_prompt="", **nag))
+    same = image_of(ctl, settings(ctl, version, negative_prompt="a red box on a table", **nag))
+    assert np.abs(same - plain).max() <= 2
+    other = image_of(ctl, settings(ctl, version, negative_prompt="a blue ball in the grass", **nag))
+    assert np.abs(other - plain).max() > 10
+
+
 def diffusers_image(ctl, version, s, reference_refiner_hints):
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImageControlNetModel, ZImageControlNetPipeline
 

@@ -194,22 +194,22 @@ def test_step_window(engine):
     assert guided_passes(0.0, 0.75, sample_heun) == 11  # both stages of steps 0-4, the first stage of step 5
 
 
-def test_control_hints_skip_the_negative_tokens(engine):
-    """diffusers-style control hints cover [image, caption]; with NAG they still add to those tokens."""
+def test_applied_only_within_its_block(engine):
+    """NAG changes a pass only inside `applied()`; afterwards the transformer is its own again."""
     model = engine.load("z_image_tiny_test")
     tr = model.transformer
     cond, negative = model.encoder.encode(["a cat", "a dog with a long long long long negative prompt"])
     x = [torch.randn(16, 1, 32, 32, generator=torch.Generator().manual_seed(3))]
     t = torch.tensor([0.3])
-    n_img, n_cap = 16 * 16, len(cond) + (-len(cond)) % 32
-    hints = {0: torch.randn(1, n_img + n_cap, tr.dim, generator=torch.Generator().manual_seed(4))}
     nag = NegativeAttentionGuidance(tr, negative, 3.0, 2.5, 0.5)
-    with torch.no_grad(), nag.applied():
-        plain = tr(x, t, [cond], return_dict=False)[0][0]
-        hinted = tr(x, t, [cond], controlnet_block_samples=hints, return_dict=False)[0][0]
-    assert plain.shape == hinted.shape and not torch.allclose(plain, hinted)
+    with torch.no_grad():
+        before = tr(x, t, [cond], return_dict=False)[0][0]
+        with nag.applied():
+            guided = tr(x, t, [cond], return_dict=False)[0][0]
+        after = tr(x, t, [cond], return_dict=False)[0][0]
+    assert torch.equal(before, after) and not torch.allclose(before, guided)
     assert tr.layers[0].attention.processor.__class__.__name__ == "ZSingleStreamAttnProcessor"  # restored
-    assert "_build_unified_sequence" not in tr.__dict__
+    assert "_build_unified_sequence" not in tr.__dict__ and not tr._forward_pre_hooks
 
 
 def test_notes_follow_nag(engine):

@@ -12,7 +12,8 @@ On diffusers' ZImageTransformer2DModel, for the duration of a guided pass:
 - every main layer's attention processor computes Z+ (attention over [image, positive] only) and Z-
   (over [image, negative] only), guides the image and positive-caption outputs (`nag_guidance`; a caption
   token is paired with the negative token at its position), and lets the negative tokens keep Z-, so the
-  negative stream evolves through the layers. Refiner layers are untouched.
+  negative stream evolves through the layers. Refiner layers are untouched; control blocks that run beside
+  the main layers (on the same unified sequence) are guided as main layers are.
 The negative caption goes through the caption embedder and the context refiner once per generation, not
 every step: both have no time input (the context refiner has no adaLN), so their output for a caption is
 the same at every step, and the refiner's attention sees only caption tokens, so the shift of positions
@@ -64,22 +65,25 @@ def caption_freqs(rope, positions: torch.Tensor) -> torch.Tensor:
 
 
 class NAGAttnProcessor:
-    """Main-layer attention with NAG. Inputs as diffusers' ZSingleStreamAttnProcessor; hidden_states
-    [B, L, dim] hold each sample's [image, positive caption, negative caption] tokens (then batch padding)."""
+    """Attention with NAG. Inputs as diffusers' ZSingleStreamAttnProcessor; hidden_states [B, L, dim] hold
+    each sample's [image, positive caption, negative caption] tokens (then batch padding). On a shorter
+    sequence (a control block beside the noise refiner sees image tokens only) the original processor runs."""
 
     def __init__(self, nag: "NegativeAttentionGuidance", state: _PassState, original=None):
-        self.nag, self.state = nag, state
+        self.nag, self.state, self.original = nag, state, original
         self.backend = getattr(original, "_attention_backend", None)
         self.parallel_config = getattr(original, "_parallel_config", None)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, freqs_cis=None):
+        segments = self.state.segments
+        if not segments or hidden_states.shape[1] < max(map(sum, segments)):
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, freqs_cis)
         q, k, v = (proj(hidden_states).unflatten(-1, (attn.heads, -1)) for proj in (attn.to_q, attn.to_k, attn.to_v))
         if attn.norm_q is not None:
             q = attn.norm_q(q)
         if attn.norm_k is not None:
             k = attn.norm_k(k)
         q, k = _rope(q, freqs_cis), _rope(k, freqs_cis)
-        segments = self.state.segments
         if len(set(segments)) == 1:  # the usual case: one computation for the whole batch
             out = self._guided(q, k, v, *segments[0])
         else:
@@ -128,32 +132,20 @@ def _build_with_negative(build, state: _PassState, x, x_freqs, x_seqlens, x_nois
                  pad_sequence(freqs, batch_first=True), [n + n_neg for n in cap_seqlens], *rest)
 
 
-class _PaddedHints(dict):
-    """Control hints ([B, image + caption tokens, dim]) read with zeros at the negative caption's tokens."""
-
-    def __init__(self, hints: dict, state: _PassState):
-        super().__init__(hints)
-        self.state = state
-
-    def __getitem__(self, key):
-        hint = super().__getitem__(key)
-        total = max(a + b + c for a, b, c in self.state.segments)
-        out = hint.new_zeros(hint.shape[0], total, hint.shape[2])
-        for i, (n_img, n_pos, _) in enumerate(self.state.segments):
-            out[i, :n_img + n_pos] = hint[i, :n_img + n_pos]
-        return out
-
-
 class NegativeAttentionGuidance:
     """NAG for one generation: the negative caption (refined once, on first use) and the parameters.
 
     `wrap(model_fn, schedule)` returns a model_fn that runs the transformer with NAG on the steps inside
     [start, end) (fractions of the steps), whatever model_fn does around its transformer calls.
+    `extra_blocks` are more blocks that attend over the unified sequence in the same pass (control blocks):
+    guided alike, so the negative caption's tokens get the control hint a pass with the negative in the
+    caption slot would give them.
     """
 
     def __init__(self, transformer, negative: torch.Tensor, scale: float, tau: float, alpha: float,
-                 start: float = 0.0, end: float = 1.0):
+                 start: float = 0.0, end: float = 1.0, extra_blocks=()):
         self.transformer = transformer
+        self.extra_blocks = list(extra_blocks)
         self.negative_features = negative  # [tokens, caption features] from the text encoder
         self.scale, self.tau, self.alpha, self.start, self.end = scale, tau, alpha, start, end
         self._refined = None
@@ -173,18 +165,16 @@ class NegativeAttentionGuidance:
         """Within the block, every transformer pass is NAG-guided."""
         tr = self.transformer
         state = _PassState(self.refined(), tr.rope_embedder)
-        layers = [layer.attention for layer in tr.layers]
+        layers = [block.attention for block in [*tr.layers, *self.extra_blocks]]
         originals = [attn.processor for attn in layers]
         own_build = tr.__dict__.get("_build_unified_sequence")
         tr._build_unified_sequence = partial(_build_with_negative, tr._build_unified_sequence, state)
-        hook = tr.register_forward_pre_hook(partial(_wrap_hints, state=state), with_kwargs=True)
         for attn, original in zip(layers, originals):
             attn.set_processor(NAGAttnProcessor(self, state, original))
         try:
             yield
             self.guided_passes += 1
         finally:
-            hook.remove()
             for attn, original in zip(layers, originals):
                 attn.set_processor(original)
             if own_build is None:
@@ -206,13 +196,6 @@ class NegativeAttentionGuidance:
                 return model_fn(x, time, *rest)
 
         return guided
-
-
-def _wrap_hints(_module, args, kwargs, state):
-    hints = kwargs.get("controlnet_block_samples")
-    if hints is not None:
-        kwargs["controlnet_block_samples"] = _PaddedHints(hints, state)
-    return args, kwargs
 
 
 @torch.no_grad()

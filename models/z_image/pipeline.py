@@ -163,8 +163,10 @@ def make_nag(model: ZImageModel, settings: GenerationSettings, negative):
         return None
     from models.z_image.nag import NegativeAttentionGuidance
 
+    control = getattr(model, "control", None)
+    blocks = control.net.control_layers if control is not None and settings.control_image else ()
     return NegativeAttentionGuidance(model.transformer, negative, settings.nag_scale, settings.nag_tau,
-                                     settings.nag_alpha, settings.nag_start, settings.nag_end)
+                                     settings.nag_alpha, settings.nag_start, settings.nag_end, blocks)
 
 
 def compose_model_fn(model: ZImageModel, settings: GenerationSettings, captions, negative, schedule, nag=None):
