@@ -84,7 +84,7 @@ def generate_tokens(model, ids: torch.Tensor, generator: torch.Generator, max_ne
         out.append(int(token))
         if on_token is not None:
             on_token(len(out), len(out) / max(time.perf_counter() - started, 1e-6))
-        if out[-1] in stop_ids:
+        if out[-1] in stop_ids or len(out) == max_new_tokens:
             break
         logits = model(input_ids=token.view(1, 1).to(ids.device), past_key_values=cache, use_cache=True).logits[:, -1]
     return out
