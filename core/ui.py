@@ -23,6 +23,7 @@ from core.ui_memory import SettingsMemory
 
 log = logging.getLogger("zimage.ui")
 CUSTOM_SIZE = "custom"
+PROGRESS_INTERVAL = 0.1  # seconds between progress bar updates at most (each one is browser work)
 PREVIEW_INTERVAL = 0.25  # seconds between live previews at most (a real model's step takes longer)
 
 
@@ -229,15 +230,17 @@ class AppUI:
 
     def _run(self, settings, owner, progress):
         total = settings.num_inference_steps * settings.count
-        started = last_preview = time.perf_counter()
+        started = last_preview = last_progress = time.perf_counter()
         for event in self.runner.run(settings, owner):
             if isinstance(event, TokenEvent):
                 progress(None, desc=f"Enhancing the prompt: {event.tokens} tokens, {event.per_second:.1f} tokens/s")
                 continue
             if isinstance(event, StepEvent):
                 done = event.run * event.total + event.step + 1
-                progress((done, total), desc=f"Batch {event.run + 1}/{settings.count}, step {event.step + 1}/"
-                                              f"{event.total}")
+                if time.perf_counter() - last_progress >= PROGRESS_INTERVAL or done == total:
+                    last_progress = time.perf_counter()
+                    progress((done, total), desc=f"Batch {event.run + 1}/{settings.count}, step "
+                                                  f"{event.step + 1}/{event.total}")
                 if time.perf_counter() - last_preview >= PREVIEW_INTERVAL or done == total:
                     # every step of a real model; fast toy steps would spend their time on pictures
                     last_preview = time.perf_counter()

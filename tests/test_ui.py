@@ -133,6 +133,7 @@ def test_generate_streams_progress_and_previews(engine, tmp_path, monkeypatch):
     import core.ui
 
     monkeypatch.setattr(core.ui, "PREVIEW_INTERVAL", 0.0)  # as with a real model, whose steps take seconds
+    monkeypatch.setattr(core.ui, "PROGRESS_INTERVAL", 0.0)
     app = AppUI(engine, tmp_path / "out", tmp_path / "mem.json")
     progress = FakeProgress()
     steps = list(app.generate("z_image_tiny_test", *values_for(app, "z_image_tiny_test", prompt="a cat", seed=1,
@@ -147,10 +148,13 @@ def test_generate_streams_progress_and_previews(engine, tmp_path, monkeypatch):
     assert Image.open(gallery[0][0]).size == (256, 256)
     assert app.memory.get("z_image_tiny_test")["prompt"] == "a cat"  # remembered for next time
     monkeypatch.setattr(core.ui, "PREVIEW_INTERVAL", 3600.0)
+    monkeypatch.setattr(core.ui, "PROGRESS_INTERVAL", 3600.0)
+    progress = FakeProgress()
     quick = list(app.generate("z_image_tiny_test", *values_for(app, "z_image_tiny_test", prompt="a cat", seed=1,
                                                                   num_inference_steps=4), request=FakeRequest(),
-                              progress=FakeProgress()))
+                              progress=progress))
     assert sum(isinstance(s[0], Image.Image) for s in quick) == 1  # fast steps: only the last preview is sent
+    assert [c[0] for c in progress.calls[1:]] == [(4, 4)]  # and the last progress update
 
 
 def test_capabilities_decide_visible_controls(engine, tmp_path):
