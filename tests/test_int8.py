@@ -73,6 +73,23 @@ def test_wan2gp_int8_files_load_and_generate_close_to_bf16(wan2gp_type, tiny_mod
     assert value > 30
 
 
+def test_enhancer_runs_on_the_int8_encoder(wan2gp_type):
+    """The enhancer writes with the INT8 encoder it conditions with: seeded, through the quantized layers."""
+    finetunes, root, _, _ = wan2gp_type
+    engine = make_engine(finetunes, root / "ck", transformer_quantization="int8", text_encoder_quantization="int8")
+    s = engine.settings_for(TYPE, prompt="a lighthouse at dusk", seed=5)
+    calls = []
+    te = engine.load(TYPE).encoder.text_encoder
+    first_int8 = te.get_submodule(Q.int8_modules_of(te)[0])
+    handle = first_int8.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        a, b = engine.enhance(s), engine.enhance(s)
+    finally:
+        handle.remove()
+    assert engine.model.load_info["text_encoder"] == "int8" and calls
+    assert a.prompt and a.prompt == b.prompt and a.original_prompt == "a lighthouse at dusk"
+
+
 def test_unaligned_int8_data_is_realigned_and_runs_in_bf16(wan2gp_type, tiny_models):
     """mmgp's writer leaves int8 data unaligned; CPU int8 kernels crash on that, so it must be realigned."""
     _, _, tr_path, _ = wan2gp_type
