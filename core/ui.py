@@ -126,6 +126,8 @@ class AppUI:
             return self.engine.control_map(self.collect(model_type, values))
         except UserError as exc:
             raise gr.Error(str(exc)) from None
+        except Exception as exc:
+            raise gr.Error(self._unexpected(exc, None)) from None
 
     # ---- LoRAs --------------------------------------------------------------------------------------
 
@@ -258,12 +260,15 @@ class AppUI:
         import torch
 
         if isinstance(exc, torch.cuda.OutOfMemoryError):
+            from core.preprocess.hub import release
+
             self.engine.unload()
+            release()  # control preprocessors (depth, pose) may hold GPU memory too
             gc.collect()
             torch.cuda.empty_cache()
             size = f" at {settings.width}x{settings.height}" if settings else ""
-            return (f"Out of GPU memory{size}. The model was unloaded to free memory: try a smaller size, fewer "
-                    "images per batch, or a lower memory profile.")
+            return (f"Out of GPU memory{size}. The model and the control preprocessors were unloaded to free "
+                    "memory: try a smaller size, fewer images per batch, or a lower memory profile.")
         return f"Generation failed: {type(exc).__name__}: {exc}"
 
     def on_select(self, evt: gr.SelectData):

@@ -157,6 +157,28 @@ def test_generate_streams_progress_and_previews(engine, tmp_path, monkeypatch):
     assert [c[0] for c in progress.calls[1:]] == [(4, 4)]  # and the last progress update
 
 
+def test_out_of_gpu_memory_frees_memory_says_what_to_try_and_keeps_serving(engine, tmp_path, monkeypatch):
+    import torch
+
+    from core.preprocess import hub
+
+    app = AppUI(engine, tmp_path / "out", tmp_path / "mem.json")
+    values = values_for(app, "z_image_tiny_test", prompt="a cat", seed=1, num_inference_steps=2)
+    released = []
+    monkeypatch.setattr(hub, "release", lambda: released.append(True))
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(engine, "generate", out_of_memory)
+    with pytest.raises(gr.Error, match="Out of GPU memory at 256x256.*smaller size.*lower memory profile"):
+        list(app.generate("z_image_tiny_test", *values, request=FakeRequest(), progress=FakeProgress()))
+    assert engine.model is None and released  # the model and the preprocessors were let go
+    monkeypatch.undo()
+    out = list(app.generate("z_image_tiny_test", *values, request=FakeRequest(), progress=FakeProgress()))
+    assert Image.open(out[-1][1][0][0]).size == (256, 256)  # the next job runs
+
+
 def test_capabilities_decide_visible_controls(engine, tmp_path):
     app = AppUI(engine, tmp_path, tmp_path / "mem.json")
     names = [spec.name for spec in FIELDS]
