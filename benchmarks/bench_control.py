@@ -27,6 +27,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.bench_core import small_parts  # noqa: E402
+
 HOST = dict(dim=128, n_layers=30, heads=2, cap_dim=128, refiner_layers=2)
 VERSIONS = {"1.0": ("z_image_control", 6), "2.1": ("z_image_control2_1", 15), "2.0": ("z_image_control2", 15)}
 
@@ -76,39 +78,27 @@ def build(folder: Path):
 
     from models.z_image import tiny
 
-    parts = {"transformer": tiny.make_transformer(**HOST),
-             "text_encoder": tiny.make_text_encoder(hidden=HOST["cap_dim"], layers=4, heads=4, kv_heads=2),
-             "vae": tiny.make_vae()}
-    for name, model in parts.items():
-        save_file(tiny.state_dict_for_file(model), str(folder / f"{name}.safetensors"))
-    tok = tiny.make_tokenizer()
-    tok.save_pretrained(str(folder / "tokenizer"))
+    parts = small_parts(HOST)
+    files = tiny.write_parts(folder, parts)
     defs, modules = [], {}
     for version, (arch, n) in VERSIONS.items():
         modules[version] = tiny.make_control(parts["transformer"], version, n)
         save_file(tiny.state_dict_for_file(modules[version]), str(folder / f"control_{version}.safetensors"))
-        model = {"architecture": arch, "URLs": str(folder / "transformer.safetensors"),
-                 "modules": str(folder / f"control_{version}.safetensors"),
-                 "text_encoder_URLs": str(folder / "text_encoder.safetensors"),
-                 "vae_URLs": str(folder / "vae.safetensors"), "tokenizer": str(folder / "tokenizer")}
+        model = {"architecture": arch, "modules": str(folder / f"control_{version}.safetensors"), **files}
         defs.append(folder / f"bench_control_{version.replace('.', '')}.json")
         defs[-1].write_text(json.dumps({"model": model}))
     picture = np.zeros((512, 512, 3), np.uint8)
     picture[128:384, 160:352] = 255
     Image.fromarray(picture).save(folder / "map.png")
-    return defs, modules, tok, folder / "map.png"
+    return defs, modules, tiny.make_tokenizer(), folder / "map.png"
 
 
 def diffusers_pipe(model, module, version, tok):
-    from diffusers import FlowMatchEulerDiscreteScheduler, ZImageControlNetModel, ZImageControlNetPipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImageControlNetPipeline
 
-    cfg = {k: v for k, v in module.config.items() if not k.startswith("_")}
-    sd = module.state_dict()
-    if version == "2.0":
-        cfg["add_control_noise_refiner"] = "control_layers"
-        sd = {k: v for k, v in sd.items() if not k.startswith("control_noise_refiner.")}
-    net = ZImageControlNetModel(**cfg)
-    net.load_state_dict(sd)
+    from models.z_image import tiny
+
+    net = tiny.diffusers_controlnet(module, version)
     pipe = ZImageControlNetPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=model.vae,
                                     text_encoder=model.encoder.text_encoder, tokenizer=tok,
                                     transformer=model.transformer, controlnet=net)

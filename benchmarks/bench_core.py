@@ -49,23 +49,22 @@ def rss_probe(path: str) -> None:
     print(json.dumps({"growth": peak - before, "rss_growth_after": current_rss() - before}))
 
 
-def build(folder: Path):
-    from safetensors.torch import save_file
-
+def small_parts(shape: dict) -> dict:
+    """Random transformer of `shape`, a 4-layer Qwen3 encoder of its caption width, and the tiny VAE."""
     from models.z_image import tiny
 
-    models = {"transformer": tiny.make_transformer(**SMALL),
-              "text_encoder": tiny.make_text_encoder(hidden=SMALL["cap_dim"], layers=4, heads=4, kv_heads=2),
-              "vae": tiny.make_vae()}
-    for name, model in models.items():
-        save_file(tiny.state_dict_for_file(model), str(folder / f"{name}.safetensors"))
-    tok = tiny.make_tokenizer()
-    tok.save_pretrained(str(folder / "tokenizer"))
-    model_json = {"model": {"architecture": "z_image", "URLs": str(folder / "transformer.safetensors"),
-                            "text_encoder_URLs": str(folder / "text_encoder.safetensors"),
-                            "vae_URLs": str(folder / "vae.safetensors"), "tokenizer": str(folder / "tokenizer")}}
+    return {"transformer": tiny.make_transformer(**shape),
+            "text_encoder": tiny.make_text_encoder(hidden=shape["cap_dim"], layers=4, heads=4, kv_heads=2),
+            "vae": tiny.make_vae()}
+
+
+def build(folder: Path):
+    from models.z_image import tiny
+
+    models = small_parts(SMALL)
+    model_json = {"model": {"architecture": "z_image", **tiny.write_parts(folder, models)}}
     (folder / "bench_small.json").write_text(json.dumps(model_json))
-    return models, tok
+    return models, tiny.make_tokenizer()
 
 
 def timed(fn, repeats):

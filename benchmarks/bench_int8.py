@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.bench_core import SMALL, timed  # noqa: E402
+from benchmarks.bench_core import SMALL, small_parts, timed  # noqa: E402
 
 TYPE = "bench_int8"
 
@@ -56,27 +55,17 @@ def rss_probe(path: str, warm_up: str) -> None:
 
 def build(folder: Path) -> Path:
     """bf16 files of the small model, its model JSON in `folder`/finetunes, and INT8 copies made by the app."""
-    from safetensors.torch import save_file
-
     from core.engine import Engine
     from core.files import FileLocator
     from core.finetunes import add_alternative
     from core.registry import Registry
     from models.z_image import tiny
 
-    models = {"transformer": tiny.make_transformer(**SMALL),
-              "text_encoder": tiny.make_text_encoder(hidden=SMALL["cap_dim"], layers=4, heads=4, kv_heads=2),
-              "vae": tiny.make_vae()}
-    for name, model in models.items():
-        sd = {k: v.to(torch.bfloat16) for k, v in tiny.state_dict_for_file(model).items()}
-        save_file(sd, str(folder / f"{name}_bf16.safetensors"))
-    tiny.make_tokenizer().save_pretrained(str(folder / "tokenizer"))
+    files = tiny.write_parts(folder, small_parts(SMALL), torch.bfloat16, suffix="_bf16")
+    files.update(URLs=[files["URLs"]], text_encoder_URLs=[files["text_encoder_URLs"]])  # INT8 ones join these
     finetunes = folder / "finetunes"
     finetunes.mkdir()
-    (finetunes / f"{TYPE}.json").write_text(json.dumps({"model": {
-        "architecture": "z_image", "URLs": [str(folder / "transformer_bf16.safetensors")],
-        "text_encoder_URLs": [str(folder / "text_encoder_bf16.safetensors")],
-        "vae_URLs": str(folder / "vae_bf16.safetensors"), "tokenizer": str(folder / "tokenizer")}}))
+    (finetunes / f"{TYPE}.json").write_text(json.dumps({"model": {"architecture": "z_image", **files}}))
     engine = Engine(Registry((ROOT / "defaults", finetunes)), FileLocator(folder, offline=True))
     model_def = engine.registry.get(TYPE)
     for done in engine.registry.handler(TYPE).quantize(model_def, engine.locator, ["transformer", "text_encoder"],

@@ -35,18 +35,14 @@ def ctl(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ctl")
     parts = {"transformer": tiny.make_transformer(n_layers=6, refiner_layers=2),
              "text_encoder": tiny.make_text_encoder(), "vae": tiny.make_vae()}
-    for name, model in parts.items():
-        save_file(state_dict_for_file(model), str(folder / f"{name}.safetensors"))
+    files = tiny.write_parts(folder, parts)
     tok = tiny.make_tokenizer()
-    tok.save_pretrained(str(folder / "tokenizer"))
     controls, defs = {}, []
     for version, arch in VERSIONS.items():
         controls[version] = tiny.make_control(parts["transformer"], version, N_CONTROL)
         file = folder / f"control_{version}.safetensors"
         save_file(state_dict_for_file(controls[version]), str(file))
-        model_json = {"model": {"architecture": arch, "URLs": str(folder / "transformer.safetensors"),
-                                "modules": str(file), "text_encoder_URLs": str(folder / "text_encoder.safetensors"),
-                                "vae_URLs": str(folder / "vae.safetensors"), "tokenizer": str(folder / "tokenizer")},
+        model_json = {"model": {"architecture": arch, "modules": str(file), **files},
                       "resolution": "256x256", "num_inference_steps": 2, "control_weight": 0.8}
         defs.append(folder / f"{model_type(version)}.json")
         defs[-1].write_text(json.dumps(model_json))
@@ -180,17 +176,11 @@ def test_nag_guides_the_control_blocks_too(ctl, version):
 
 
 def diffusers_image(ctl, version, s, reference_refiner_hints):
-    from diffusers import FlowMatchEulerDiscreteScheduler, ZImageControlNetModel, ZImageControlNetPipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImageControlNetPipeline
 
     model = ctl["engine"].load(model_type(version))
     module = ctl["controls"][version]
-    cfg = {k: v for k, v in module.config.items() if not k.startswith("_")}
-    sd = module.state_dict()
-    if version == "2.0":
-        cfg["add_control_noise_refiner"] = "control_layers"
-        sd = {k: v for k, v in sd.items() if not k.startswith("control_noise_refiner.")}
-    net = ZImageControlNetModel(**cfg)
-    net.load_state_dict(sd)
+    net = tiny.diffusers_controlnet(module, version)
     pipe = ZImageControlNetPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=s.flow_shift), vae=model.vae,
                                     text_encoder=model.encoder.text_encoder, tokenizer=ctl["tok"],
                                     transformer=model.transformer, controlnet=net)

@@ -94,31 +94,43 @@ def state_dict_for_file(model) -> dict:
     return sd
 
 
-def write_test_model(folder, name: str = "z_image_tiny_test", dtype=torch.float32, **transformer_kw) -> Path:
-    """Single files with diffusers names, a tokenizer folder and a model JSON; returns the JSON's path."""
+FILE_FIELDS = {"transformer": "URLs", "text_encoder": "text_encoder_URLs", "vae": "vae_URLs"}
+
+
+def write_parts(folder, parts: dict, dtype=None, suffix: str = "") -> dict:
+    """Each model of `parts` ({"transformer": ..., "text_encoder": ..., "vae": ...}) as one safetensors file
+    with diffusers names, <folder>/<part><suffix>.safetensors (cast to `dtype` if given), and a tokenizer
+    folder; returns the model JSON fields naming them."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    fields = {}
+    for part, model in parts.items():
+        sd = state_dict_for_file(model)
+        if dtype is not None:
+            sd = {k: v.to(dtype) for k, v in sd.items()}
+        path = folder / f"{part}{suffix}.safetensors"
+        save_file(sd, str(path))
+        fields[FILE_FIELDS[part]] = str(path.resolve())
+    make_tokenizer().save_pretrained(str(folder / "tokenizer"))
+    return {**fields, "tokenizer": str((folder / "tokenizer").resolve())}
+
+
+def write_test_model(folder, name: str = "z_image_tiny_test", dtype=torch.float32, **transformer_kw) -> Path:
+    """Single files with diffusers names, a tokenizer folder and a model JSON; returns the JSON's path."""
     parts = {"transformer": make_transformer(**transformer_kw), "text_encoder": make_text_encoder(),
              "vae": make_vae()}
-    for part, model in parts.items():
-        sd = {k: v.to(dtype) for k, v in state_dict_for_file(model).items()}
-        save_file(sd, str(folder / f"{part}.safetensors"))
-    make_tokenizer().save_pretrained(str(folder / "tokenizer"))
     model_json = {
         "model": {
             "name": "Tiny test model (random weights: draws noise)",
             "architecture": "z_image",
             "description": "A toy-sized Z-Image with random weights, for trying the app and its tests offline.",
-            "URLs": str((folder / "transformer.safetensors").resolve()),
-            "text_encoder_URLs": str((folder / "text_encoder.safetensors").resolve()),
-            "vae_URLs": str((folder / "vae.safetensors").resolve()),
-            "tokenizer": str((folder / "tokenizer").resolve()),
+            **write_parts(folder, parts, dtype),
         },
         "num_inference_steps": 8, "guidance_scale": 0.0, "flow_shift": 3.0, "resolution": "256x256",
     }
-    path = folder / f"{name}.json"
+    path = Path(folder) / f"{name}.json"
     path.write_text(json.dumps(model_json, indent=2))
     return path
 
@@ -182,3 +194,18 @@ def write_control_test_model(folder, version: str = "2.1", name: str = "z_image_
     path = folder / f"{name}.json"
     path.write_text(json.dumps(model_json, indent=2))
     return path
+
+
+def diffusers_controlnet(module, version: str):
+    """diffusers' own ZImageControlNetModel with the weights of `module` (made by make_control), to compare
+    against: diffusers reads a 2.0 file's control refiner as a second pass of its control layers."""
+    from diffusers import ZImageControlNetModel
+
+    cfg = {k: v for k, v in module.config.items() if not k.startswith("_")}
+    sd = module.state_dict()
+    if version == "2.0":
+        cfg["add_control_noise_refiner"] = "control_layers"
+        sd = {k: v for k, v in sd.items() if not k.startswith("control_noise_refiner.")}
+    net = ZImageControlNetModel(**cfg)
+    net.load_state_dict(sd)
+    return net
