@@ -9,13 +9,12 @@ from pathlib import Path
 
 import torch
 
-from models.z_image.attention import register as register_attention
-
 from core import quantization as Q
 from core.errors import ModelFileError
 from core.safetensors_io import TensorFileInfo, load_tensors, read_header, read_headers, weight_files_in
 from core.weights import assign_weights, build_empty, check_shapes
 from models.z_image import keys as K
+from models.z_image.attention import register as register_attention
 from models.z_image.config import (infer_qwen3_config, infer_transformer_config, infer_vae_config,
                                    metadata_config)
 

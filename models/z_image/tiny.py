@@ -94,14 +94,13 @@ def state_dict_for_file(model) -> dict:
     return sd
 
 
-FILE_FIELDS = {"transformer": "URLs", "text_encoder": "text_encoder_URLs", "vae": "vae_URLs"}
-
-
 def write_parts(folder, parts: dict, dtype=None, suffix: str = "") -> dict:
     """Each model of `parts` ({"transformer": ..., "text_encoder": ..., "vae": ...}) as one safetensors file
     with diffusers names, <folder>/<part><suffix>.safetensors (cast to `dtype` if given), and a tokenizer
     folder; returns the model JSON fields naming them."""
     from safetensors.torch import save_file
+
+    from models.z_image.handler import COMPONENTS
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,9 +111,9 @@ def write_parts(folder, parts: dict, dtype=None, suffix: str = "") -> dict:
             sd = {k: v.to(dtype) for k, v in sd.items()}
         path = folder / f"{part}{suffix}.safetensors"
         save_file(sd, str(path))
-        fields[FILE_FIELDS[part]] = str(path.resolve())
+        fields[COMPONENTS[part]] = str(path.resolve())
     make_tokenizer().save_pretrained(str(folder / "tokenizer"))
-    return {**fields, "tokenizer": str((folder / "tokenizer").resolve())}
+    return {**fields, COMPONENTS["tokenizer"]: str((folder / "tokenizer").resolve())}
 
 
 def write_test_model(folder, name: str = "z_image_tiny_test", dtype=torch.float32, **transformer_kw) -> Path:
