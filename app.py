@@ -6,7 +6,7 @@ import sys
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from core.cli import main  # noqa: E402
+from app.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -129,9 +129,9 @@ def main():
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    from core.engine import Engine
-    from core.files import FileLocator
-    from core.registry import Registry
+    from engine.engine import Engine
+    from engine.weights.files import FileLocator
+    from engine.registry import Registry
 
     folder = Path(tempfile.mkdtemp(prefix="zimage-bench-control-"))
     defs, modules, tok, picture = build(folder)

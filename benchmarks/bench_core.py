@@ -34,7 +34,7 @@ def rss_probe(path: str) -> None:
 
     from safetensors.torch import save_file
 
-    from core.memory import _kernel_peak, _reset_kernel_peak, current_rss
+    from engine.placement.memory import _kernel_peak, _reset_kernel_peak, current_rss
     from models.z_image import loader, tiny
 
     # warm up every import and first-call cache with a tiny file: they are not part of loading
@@ -86,9 +86,9 @@ def main():
     torch.set_num_threads(os.cpu_count() or 1)
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
 
-    from core.engine import Engine
-    from core.files import FileLocator
-    from core.registry import Registry
+    from engine.engine import Engine
+    from engine.weights.files import FileLocator
+    from engine.registry import Registry
 
     folder = Path(tempfile.mkdtemp(prefix="zimage-bench-"))
     models, tok = build(folder)

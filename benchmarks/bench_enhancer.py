@@ -39,11 +39,11 @@ def probe(mode: str, device: str, tokens: int, path: str) -> dict:
     import torch
     from transformers import Qwen3ForCausalLM  # noqa: F401  (imports are not what is measured)
 
-    from core.errors import UserError
+    from engine.errors import UserError
     from models.z_image import loader, tiny
     from models.z_image.enhancer import chat_input, enhance
     from models.z_image.text import PromptEncoder
-    from core.memory import _kernel_peak, _reset_kernel_peak, current_rss
+    from engine.placement.memory import _kernel_peak, _reset_kernel_peak, current_rss
 
     tok = tiny.make_tokenizer()
     _reset_kernel_peak()

@@ -35,11 +35,11 @@ def child(config: dict) -> dict:
     """One configuration: load (timed), warm up, then time `repeats` images; peaks over loading and generating."""
     import torch
 
-    from core.engine import Engine
-    from core.files import FileLocator
-    from core.load_options import LoadOptions
-    from core.memory import MemoryMonitor
-    from core.registry import ROOT as APP_ROOT, Registry
+    from engine.engine import Engine
+    from engine.weights.files import FileLocator
+    from engine.load_options import LoadOptions
+    from engine.placement.memory import MemoryMonitor
+    from engine.registry import ROOT as APP_ROOT, Registry
 
     options = LoadOptions(profile=config["profile"], transformer_quantization=config["quantization"],
                           text_encoder_quantization=config["quantization"])
@@ -76,7 +76,7 @@ def child(config: dict) -> dict:
 
 def enhancer_speed(engine, settings) -> float | None:
     """Tokens per second of the prompt enhancer (the loaded text encoder writing up to 400 tokens)."""
-    from core.errors import UserError
+    from engine.errors import UserError
 
     rates = []
     try:
@@ -100,8 +100,8 @@ def machine() -> dict:
 
 def files_present(model: str, quantization: str, args) -> str | None:
     """None when the configuration's files are on disk, else what is missing."""
-    from core.cli import make_engine
-    from core.load_options import LoadOptions
+    from app.cli import make_engine
+    from engine.load_options import LoadOptions
 
     engine = make_engine(args)
     engine.options = LoadOptions(transformer_quantization=quantization, text_encoder_quantization=quantization)

@@ -48,7 +48,7 @@ def add_twinflow(folder: Path) -> None:
 
 def step_times(engine, settings, repeats):
     """Seconds per transformer step without and with NAG, on the same latents."""
-    from core.schedules import shifted_simple
+    from engine.sampling.schedules import shifted_simple
     from models.z_image.nag import NegativeAttentionGuidance
     from models.z_image.pipeline import initial_noise, make_model_fn
 
@@ -75,10 +75,10 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu, or cuda to time a GPU (bfloat16 there)")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    from core.engine import Engine
-    from core.files import FileLocator
-    from core.registry import Registry
-    from core.samplers import SAMPLERS
+    from engine.engine import Engine
+    from engine.weights.files import FileLocator
+    from engine.registry import Registry
+    from engine.sampling.samplers import SAMPLERS
 
     folder = Path(tempfile.mkdtemp(prefix="zimage-bench-guidance-"))
     build(folder)

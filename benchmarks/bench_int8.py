@@ -38,7 +38,7 @@ def rss_probe(path: str, warm_up: str) -> None:
     from diffusers import ZImageTransformer2DModel  # noqa: F401
     from diffusers.models.transformers.transformer_z_image import TimestepEmbedder  # noqa: F401
 
-    from core.memory import MemoryMonitor, current_rss
+    from engine.placement.memory import MemoryMonitor, current_rss
     from models.z_image import loader
 
     loader.load_text_encoder(Path(warm_up), torch.bfloat16)
@@ -55,10 +55,10 @@ def rss_probe(path: str, warm_up: str) -> None:
 
 def build(folder: Path) -> Path:
     """bf16 files of the small model, its model JSON in `folder`/finetunes, and INT8 copies made by the app."""
-    from core.engine import Engine
-    from core.files import FileLocator
-    from core.finetunes import add_alternative
-    from core.registry import Registry
+    from engine.engine import Engine
+    from engine.weights.files import FileLocator
+    from engine.finetunes import add_alternative
+    from engine.registry import Registry
     from models.z_image import tiny
 
     files = tiny.write_parts(folder, small_parts(SMALL), torch.bfloat16, suffix="_bf16")
@@ -95,11 +95,11 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    from core import quantization as Q
-    from core.engine import Engine
-    from core.files import FileLocator
-    from core.load_options import LoadOptions
-    from core.registry import Registry
+    from engine.weights import quantization as Q
+    from engine.engine import Engine
+    from engine.weights.files import FileLocator
+    from engine.load_options import LoadOptions
+    from engine.registry import Registry
     from models.z_image import loader
 
     folder = Path(tempfile.mkdtemp(prefix="zimage-bench-int8-"))

@@ -47,8 +47,8 @@ def write_lora(path: Path, linears: dict, rank: int, seed: int) -> int:
 
 def step_timer(engine, settings):
     """A function timing one denoising step (one model_fn pass, LoRA strengths set as generate sets them)."""
-    from core.lora.apply import scheduled
-    from core.schedules import shifted_simple
+    from engine.lora.apply import scheduled
+    from engine.sampling.schedules import shifted_simple
     from models.z_image.pipeline import initial_noise, make_model_fn
 
     model = engine.model
@@ -89,10 +89,10 @@ def main():
                          "other's time slices and the ratios measure the scheduler, not the work)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from core.engine import Engine
-    from core.files import FileLocator
-    from core.registry import Registry
-    from core.settings import lora_item
+    from engine.engine import Engine
+    from engine.weights.files import FileLocator
+    from engine.registry import Registry
+    from engine.settings import lora_item
     from models.z_image.lora import linear_shapes, read_lora
 
     folder = Path(tempfile.mkdtemp(prefix="zimage-bench-lora-"))

@@ -60,10 +60,10 @@ def main():
     args = ap.parse_args()
     from gradio_client import Client
 
-    from core.engine import Engine
-    from core.files import FileLocator
-    from core.registry import Registry
-    from core.ui import build_ui
+    from engine.engine import Engine
+    from engine.weights.files import FileLocator
+    from engine.registry import Registry
+    from app.web.page import build_ui
     from models.z_image.tiny import write_test_model
 
     chromium = shutil.which("chromium")

@@ -41,9 +41,9 @@ def tiny_model_json(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def engine(tiny_model_json):
-    from core.engine import Engine
-    from core.files import FileLocator
-    from core.registry import Registry
+    from engine.engine import Engine
+    from engine.weights.files import FileLocator
+    from engine.registry import Registry
 
     return Engine(Registry(extra_files=[tiny_model_json[0]]), FileLocator(offline=True))
 

@@ -17,10 +17,10 @@ import torch  # noqa: E402
 
 
 def generate(model_json: Path, **options):
-    from core.engine import Engine
-    from core.files import FileLocator
-    from core.load_options import LoadOptions
-    from core.registry import Registry
+    from engine.engine import Engine
+    from engine.weights.files import FileLocator
+    from engine.load_options import LoadOptions
+    from engine.registry import Registry
 
     engine = Engine(Registry(extra_files=[model_json]), FileLocator(offline=True), options=LoadOptions(**options))
     s = engine.settings_for(model_json.stem, prompt="a red fox", seed=11, width=256, height=256,
@@ -36,7 +36,8 @@ def forward(transformer, dtype=torch.float32):
 
 
 def main(model_json: Path, work: Path) -> None:
-    from core import offload, quantization as Q
+    from engine.placement import offload
+    from engine.weights import quantization as Q
     from models.z_image import loader, tiny
     from models.z_image.tiny import state_dict_for_file
 

@@ -14,7 +14,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 
 
 def serve(engine, tmp_path, auth=None):
-    from core.ui import build_ui
+    from app.web.page import build_ui
     from tests.test_ui import free_port
 
     demo = build_ui(engine, output_dir=tmp_path / "out", memory_path=tmp_path / "mem.json")

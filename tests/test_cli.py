@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from core.registry import ROOT
+from engine.registry import ROOT
 
 
 def run(*args, cwd=ROOT):

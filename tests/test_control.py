@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from core.errors import ModelFileError, SettingsError, UserError
+from engine.errors import ModelFileError, SettingsError, UserError
 from models.z_image import control_keys as CK
 from models.z_image import tiny
 from models.z_image.control_loader import load_control
@@ -28,9 +28,9 @@ def model_type(version):
 @pytest.fixture(scope="module")
 def ctl(tmp_path_factory):
     """Tiny Turbo parts (6 layers, 2 refiner layers), a control module of each version, model JSONs, an engine."""
-    from core.engine import Engine
-    from core.files import FileLocator
-    from core.registry import Registry
+    from engine.engine import Engine
+    from engine.weights.files import FileLocator
+    from engine.registry import Registry
 
     folder = tmp_path_factory.mktemp("ctl")
     parts = {"transformer": tiny.make_transformer(n_layers=6, refiner_layers=2),
@@ -313,7 +313,7 @@ def test_control_settings_are_checked_before_loading(ctl, tmp_path):
 
 
 def test_command_line(tmp_path):
-    from core.outputs import read_png_settings
+    from engine.outputs import read_png_settings
     from models.z_image.tiny import write_control_test_model
     from tests.test_cli import run
 
@@ -345,7 +345,7 @@ def test_command_line(tmp_path):
     (dict(control_mode="none"), "'none' .* is for inpainting"),
 ])
 def test_bad_control_settings(kw, message):
-    from core.settings import GenerationSettings
+    from engine.settings import GenerationSettings
 
     with pytest.raises(SettingsError, match=message):
         GenerationSettings(**{"model_type": "z_image_control2_1", "prompt": "x", "control_image": "p.png", **kw}

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core.errors import Interrupted, ModelFileError, SettingsError
+from engine.errors import Interrupted, ModelFileError, SettingsError
 from models.z_image.enhancer import chat_input, fit_budget, generate_tokens, sample_token, strip_thinking
 from models.z_image.text import MAX_TOKENS
 
@@ -106,7 +106,7 @@ def test_generation_stops_at_end_of_turn(engine):
 
 
 def test_generate_with_enhance_stores_both_prompts(engine, tmp_path):
-    from core.outputs import read_png_settings
+    from engine.outputs import read_png_settings
 
     s = engine.settings_for("z_image_tiny_test", prompt="a lighthouse", seed=4, enhance=True,
                             num_inference_steps=2)
@@ -131,7 +131,7 @@ def test_seed_variance_off_is_identical_on_is_varied_and_reproducible(engine):
 
 def test_seed_variance_only_in_early_steps(engine):
     from models.z_image.pipeline import varied_captions
-    from core.schedules import shifted_simple
+    from engine.sampling.schedules import shifted_simple
 
     enc = engine.load("z_image_tiny_test").encoder
     cond = enc.encode(["a cat"])[0]
@@ -156,7 +156,7 @@ def test_another_hidden_layer_changes_conditioning(engine):
 
 
 def test_wrong_shape_encoder_or_vae_refused(engine, tmp_path, tiny_model_json):
-    from core.engine import Engine
+    from engine.engine import Engine
     from models.z_image import tiny
 
     wide = tiny.make_text_encoder(hidden=48, heads=2, kv_heads=1)
@@ -171,7 +171,7 @@ def test_wrong_shape_encoder_or_vae_refused(engine, tmp_path, tiny_model_json):
 
 
 def test_alternative_encoder_is_used(engine, tmp_path):
-    from core.engine import Engine
+    from engine.engine import Engine
     from models.z_image import tiny
 
     other = tiny.make_text_encoder(seed=99)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from core.errors import DownloadError, ModelDefinitionError
-from core.files import FileLocator, parse_ref
-from core.registry import ROOT, Registry
+from engine.errors import DownloadError, ModelDefinitionError
+from engine.weights.files import FileLocator, parse_ref
+from engine.registry import ROOT, Registry
 from tests import layouts
 
 
@@ -63,7 +63,7 @@ def test_model_json_pointing_at_diffusers_repo(tmp_path, tiny_models, tiny_token
 def test_all_in_one_file_serves_every_component(tmp_path, tiny_models, tiny_tokenizer):
     import numpy as np
 
-    from core.engine import Engine
+    from engine.engine import Engine
 
     aio = layouts.write_all_in_one(tmp_path / "aio.safetensors", tiny_models)
     tiny_tokenizer.save_pretrained(str(tmp_path / "tok"))
@@ -108,8 +108,8 @@ def test_offline_download_says_what_and_where(tmp_path):
 
 
 def test_missing_local_file_named(tmp_path, engine):
-    from core.engine import Engine
-    from core.errors import UserError
+    from engine.engine import Engine
+    from engine.errors import UserError
 
     path = tmp_path / "gone.json"
     path.write_text(json.dumps({"model": {"architecture": "z_image", "URLs": str(tmp_path / "nope.safetensors"),

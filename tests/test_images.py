@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.errors import UserError
-from core.images import fit_image, load_mask, load_rgb, size_for_aspect
+from engine.errors import UserError
+from engine.images.io import fit_image, load_mask, load_rgb, size_for_aspect
 
 
 def png_header_only(path, width, height):

@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core import quantization as Q
-from core.engine import Engine
-from core.errors import ModelFileError, UserError
-from core.files import FileLocator
-from core.load_options import LoadOptions
-from core.registry import ROOT, Registry
-from core.safetensors_io import load_tensors, read_header
+from engine.weights import quantization as Q
+from engine.engine import Engine
+from engine.errors import ModelFileError, UserError
+from engine.weights.files import FileLocator
+from engine.load_options import LoadOptions
+from engine.registry import ROOT, Registry
+from engine.weights.safetensors_io import load_tensors, read_header
 from models.z_image import loader
 from models.z_image.tiny import state_dict_for_file
 from tests import layouts
@@ -151,7 +151,7 @@ def bf16_type(tmp_path, tiny_model_json):
 
 
 def test_quantize_writes_wan2gp_format_and_round_trips(bf16_type, tiny_models):
-    from core.finetunes import add_alternative
+    from engine.finetunes import add_alternative
 
     finetunes, ck = bf16_type
     engine = make_engine(finetunes, ck)
@@ -194,9 +194,9 @@ def test_quantize_writes_wan2gp_format_and_round_trips(bf16_type, tiny_models):
 def test_cli_quantize_then_generate_int8_on_cpu(bf16_type, tmp_path, capsys, monkeypatch):
     """The CPU path end to end: a profile is asked for, none is applied (mmgp is never imported), the
     user is told once, and the memory report reaches the terminal and the PNG."""
-    from core import offload
-    from core.cli import main
-    from core.outputs import read_png_settings
+    from engine.placement import offload
+    from app.cli import main
+    from engine.outputs import read_png_settings
 
     def no_mmgp():
         raise AssertionError("mmgp must not be used without CUDA")
@@ -296,8 +296,8 @@ def test_fused_qkv_int8_file_splits_rows_and_scales(tmp_path, tiny_models):
 
 def test_new_alternative_keeps_the_file_in_use_first(tmp_path):
     """A text encoder taken from an all-in-one checkpoint (no list in the JSON) stays the default after quantize."""
-    from core.finetunes import add_alternative
-    from core.registry import ModelDef
+    from engine.finetunes import add_alternative
+    from engine.registry import ModelDef
 
     aio, int8 = tmp_path / "aio.safetensors", tmp_path / "te_quanto_bf16_int8.safetensors"
     aio.write_bytes(b"x")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core.errors import ModelFileError
+from engine.errors import ModelFileError
 from models.z_image import loader
 from models.z_image.tiny import state_dict_for_file
 from tests import layouts

@@ -6,9 +6,9 @@ import copy
 import pytest
 import torch
 
-from core.errors import ModelFileError
-from core.lora.apply import LoraStack
-from core.lora.library import LoraLibrary
+from engine.errors import ModelFileError
+from engine.lora.apply import LoraStack
+from engine.lora.library import LoraLibrary
 from models.z_image.lora import linear_shapes, read_lora
 from tests.lora_files import STYLES, LoraWriter, write_style
 

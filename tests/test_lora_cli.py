@@ -4,8 +4,8 @@
 import json
 from types import SimpleNamespace
 
-from core.cli import main
-from core.outputs import read_png_settings
+from app.cli import main
+from engine.outputs import read_png_settings
 from models.z_image.lora import linear_shapes
 from tests.lora_files import write_style
 

@@ -6,9 +6,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from core.errors import SettingsError
-from core.outputs import read_png_settings
-from core.settings import lora_item
+from engine.errors import SettingsError
+from engine.outputs import read_png_settings
+from engine.settings import lora_item
 from models.z_image.lora import linear_shapes
 from tests.lora_files import write_style
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from core.lora.format import group_keys, peft_alpha
+from engine.lora.format import group_keys, peft_alpha
 from models.z_image import lora_keys as LK
 from tests.lora_files import STYLES, write_style
 

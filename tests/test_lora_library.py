@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from core.errors import SettingsError
-from core.lora import presets
-from core.lora.library import LoraLibrary
-from core.settings import (GenerationSettings, lora_item, lora_strength_at, normalize_loras, parse_lora_arg)
+from engine.errors import SettingsError
+from engine.lora import presets
+from engine.lora.library import LoraLibrary
+from engine.settings import (GenerationSettings, lora_item, lora_strength_at, normalize_loras, parse_lora_arg)
 
 
 def touch(path, data=b"x"):

@@ -172,8 +172,8 @@ def test_negative_is_refined_once_per_generation(engine, base):
 
 
 def test_step_window(engine):
-    from core.samplers import sample_heun
-    from core.schedules import shifted_simple
+    from engine.sampling.samplers import sample_heun
+    from engine.sampling.schedules import shifted_simple
     from models.z_image.pipeline import make_model_fn
 
     model = engine.load("z_image_tiny_test")
@@ -187,7 +187,7 @@ def test_step_window(engine):
         sampler(nag.wrap(make_model_fn(model, s, lambda sigma: [cond] * x.shape[0], None), sigmas), x, sigmas)
         return nag.guided_passes
 
-    from core.samplers import sample_euler
+    from engine.sampling.samplers import sample_euler
 
     assert guided_passes(0.25, 0.75, sample_euler) == 4  # steps 2, 3, 4, 5 of 8
     assert guided_passes(0.0, 1.0, sample_euler) == 8

@@ -9,11 +9,11 @@ from unittest import mock
 import pytest
 import torch
 
-from core import offload
-from core.errors import SettingsError, UserError
-from core.load_options import LoadOptions
-from core.memory import MemoryMonitor, summary
-from core.registry import ROOT
+from engine.placement import offload
+from engine.errors import SettingsError, UserError
+from engine.load_options import LoadOptions
+from engine.placement.memory import MemoryMonitor, summary
+from engine.registry import ROOT
 
 GIB = 2**30
 CUDA = torch.device("cuda")
@@ -120,7 +120,7 @@ def test_bad_load_options(changes, words):
 
 
 def test_cli_rejects_a_bad_coefficient_in_one_line(capsys):
-    from core.cli import main
+    from app.cli import main
 
     assert main(["models", "--vram-safety-coefficient", "1.5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -169,7 +169,7 @@ def test_importing_mmgp_changes_nothing_and_files_cross_both_ways(tiny_model_jso
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_asking_for_cuda_without_it_is_one_clear_error(capsys):
-    from core.cli import main
+    from app.cli import main
 
     assert main(["models", "--device", "cuda"]) == 2
     assert "PyTorch sees no CUDA GPU" in capsys.readouterr().err

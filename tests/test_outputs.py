@@ -5,9 +5,9 @@ import os
 import pytest
 from PIL import Image
 
-from core.errors import SettingsError
-from core.outputs import read_png_settings, save_png
-from core.settings import GenerationSettings
+from engine.errors import SettingsError
+from engine.outputs import read_png_settings, save_png
+from engine.settings import GenerationSettings
 
 
 def settings(**kw):

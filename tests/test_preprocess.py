@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from core.errors import DownloadError, UserError
-from core.files import FileLocator
-from core.preprocess import control_map, depth, hub, pose
-from core.preprocess.skeleton import draw_pose, openpose_body
-from core.settings import GenerationSettings
+from engine.errors import DownloadError, UserError
+from engine.weights.files import FileLocator
+from engine.images.preprocess import control_map, depth, hub, pose
+from engine.images.preprocess.skeleton import draw_pose, openpose_body
+from engine.settings import GenerationSettings
 
 SIZE = (96, 64)  # w, h: not square, so a swapped axis shows
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from core.errors import ModelDefinitionError
-from core.registry import ROOT, Registry
+from engine.errors import ModelDefinitionError
+from engine.registry import ROOT, Registry
 
 SHIPPED = ["z_image", "z_image_base", "z_image_control", "z_image_control2", "z_image_control2_1",
            "z_image_twinflow_turbo"]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.samplers import SAMPLERS, passes_per_image
-from core.schedules import SCHEDULES, beta, rescale, sgm_uniform, shifted_simple, step_index, warp
+from engine.sampling.samplers import SAMPLERS, passes_per_image
+from engine.sampling.schedules import SCHEDULES, beta, rescale, sgm_uniform, shifted_simple, step_index, warp
 from tests.latents import latents
 
 FLOW_SAMPLERS = [name for name, info in SAMPLERS.items() if not info.time_target]
@@ -113,7 +113,7 @@ def test_sampler_on_tiny_model(engine, name):
 
 
 def test_sampler_and_scheduler_are_validated(engine):
-    from core.errors import SettingsError
+    from engine.errors import SettingsError
 
     s = engine.settings_for("z_image_tiny_test", prompt="x")
     with pytest.raises(SettingsError, match="sampler 'twinflow' is not available"):

@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from core.errors import SettingsError
-from core.settings import GenerationSettings, parse_resolution, size_presets
+from engine.errors import SettingsError
+from engine.settings import GenerationSettings, parse_resolution, size_presets
 
 
 def ok(**kw):

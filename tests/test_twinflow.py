@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.schedules import twinflow_times
+from engine.sampling.schedules import twinflow_times
 from models.z_image.twinflow import model_time, target_time
 from tests.latents import latents
 
@@ -76,9 +76,9 @@ def test_time_embedding_formula(twinflow_transformer):
 
 @pytest.fixture(scope="module")
 def twin_engine(tmp_path_factory):
-    from core.engine import Engine
-    from core.files import FileLocator
-    from core.registry import Registry
+    from engine.engine import Engine
+    from engine.weights.files import FileLocator
+    from engine.registry import Registry
     from models.z_image.tiny import write_test_model
 
     folder = tmp_path_factory.mktemp("twinflow")
@@ -123,7 +123,7 @@ def test_one_step_is_the_clean_prediction_from_the_noise(twin_engine):
 
 def test_renoising_draws_from_the_seed(twin_engine):
     """Two steps re-noise between passes: the second pass sees fresh noise, not the initial noise again."""
-    from core.samplers import sample_twinflow
+    from engine.sampling.samplers import sample_twinflow
 
     seen = []
 
@@ -148,7 +148,7 @@ def test_nag_works_with_twinflow(twin_engine):
 
 
 def test_plain_transformer_is_refused(twin_engine):
-    from core.errors import ModelFileError
+    from engine.errors import ModelFileError
 
     s = twin_engine.settings_for("not_twinflow_test", prompt="x")
     with pytest.raises(ModelFileError, match="t_embedder_2"):

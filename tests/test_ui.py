@@ -13,9 +13,9 @@ gr = pytest.importorskip("gradio")
 from gradio_client import Client  # noqa: E402
 from gradio_client.utils import Status  # noqa: E402
 
-from core.outputs import read_png_settings  # noqa: E402
-from core.ui import AppUI, build_ui  # noqa: E402
-from core.ui_fields import FIELDS  # noqa: E402
+from engine.outputs import read_png_settings  # noqa: E402
+from app.web.page import AppUI, build_ui  # noqa: E402
+from app.web.fields import FIELDS  # noqa: E402
 from tests.test_lora_engine import lora_engine  # noqa: E402,F401  (fixture: a LoRA folder for the tiny model)
 
 
@@ -130,10 +130,10 @@ def values_for(app, model_type, **changes):
 
 
 def test_generate_streams_progress_and_previews(engine, tmp_path, monkeypatch):
-    import core.ui
+    import app.web.page as page_module
 
-    monkeypatch.setattr(core.ui, "PREVIEW_INTERVAL", 0.0)  # as with a real model, whose steps take seconds
-    monkeypatch.setattr(core.ui, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(page_module, "PREVIEW_INTERVAL", 0.0)  # as with a real model, whose steps take seconds
+    monkeypatch.setattr(page_module, "PROGRESS_INTERVAL", 0.0)
     app = AppUI(engine, tmp_path / "out", tmp_path / "mem.json")
     progress = FakeProgress()
     steps = list(app.generate("z_image_tiny_test", *values_for(app, "z_image_tiny_test", prompt="a cat", seed=1,
@@ -147,8 +147,8 @@ def test_generate_streams_progress_and_previews(engine, tmp_path, monkeypatch):
     assert len(gallery) == 2 and used["seed"] == 1
     assert Image.open(gallery[0][0]).size == (256, 256)
     assert app.memory.get("z_image_tiny_test")["prompt"] == "a cat"  # remembered for next time
-    monkeypatch.setattr(core.ui, "PREVIEW_INTERVAL", 3600.0)
-    monkeypatch.setattr(core.ui, "PROGRESS_INTERVAL", 3600.0)
+    monkeypatch.setattr(page_module, "PREVIEW_INTERVAL", 3600.0)
+    monkeypatch.setattr(page_module, "PROGRESS_INTERVAL", 3600.0)
     progress = FakeProgress()
     quick = list(app.generate("z_image_tiny_test", *values_for(app, "z_image_tiny_test", prompt="a cat", seed=1,
                                                                   num_inference_steps=4), request=FakeRequest(),
@@ -160,7 +160,7 @@ def test_generate_streams_progress_and_previews(engine, tmp_path, monkeypatch):
 def test_out_of_gpu_memory_frees_memory_says_what_to_try_and_keeps_serving(engine, tmp_path, monkeypatch):
     import torch
 
-    from core.preprocess import hub
+    from engine.images.preprocess import hub
 
     app = AppUI(engine, tmp_path / "out", tmp_path / "mem.json")
     values = values_for(app, "z_image_tiny_test", prompt="a cat", seed=1, num_inference_steps=2)
@@ -227,9 +227,9 @@ def test_missing_files_download_then_generate(engine, tiny_model_json, tmp_path,
     import huggingface_hub
     from tqdm import tqdm
 
-    from core.engine import Engine
-    from core.files import FileLocator
-    from core.registry import Registry
+    from engine.engine import Engine
+    from engine.weights.files import FileLocator
+    from engine.registry import Registry
 
     _, folder = tiny_model_json
     hub = "https://huggingface.co/test/tiny/resolve/main/"
@@ -264,8 +264,8 @@ def test_missing_files_download_then_generate(engine, tiny_model_json, tmp_path,
 def test_share_and_listen_warnings(tiny_model_json, monkeypatch, capsys, tmp_path):
     import gradio.networking
 
-    from core.cli import build_parser
-    from core.ui_options import launch
+    from app.cli import build_parser
+    from app.web.launch import launch
 
     monkeypatch.setattr(gradio.networking, "setup_tunnel", lambda **kw: "https://fake-share.gradio.live")
     monkeypatch.chdir(tmp_path)
@@ -281,8 +281,8 @@ def test_share_and_listen_warnings(tiny_model_json, monkeypatch, capsys, tmp_pat
 
 
 def test_auth_file_parsing(tmp_path):
-    from core.errors import SettingsError
-    from core.ui_options import parse_logins
+    from engine.errors import SettingsError
+    from app.web.launch import parse_logins
 
     f = tmp_path / "logins.txt"
     f.write_text("# friends\nann:pa:ss\n\nbob:secret\n")
@@ -295,7 +295,7 @@ def test_auth_file_parsing(tmp_path):
 
 
 def test_lora_panel_lists_folder_and_applies_picked_loras(lora_engine, tmp_path):
-    from core.ui_fields import rows_to_loras
+    from app.web.fields import rows_to_loras
 
     app = AppUI(lora_engine, tmp_path / "out", tmp_path / "mem.json")
     choices = app.on_refresh_loras("z_image_tiny_test")[0]["choices"]

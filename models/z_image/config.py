@@ -6,7 +6,7 @@ import base64
 import json
 from pathlib import Path
 
-from core.errors import ModelFileError
+from engine.errors import ModelFileError
 from models.z_image.keys import count_blocks
 
 ASSETS = Path(__file__).parent / "assets"

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.settings import GenerationSettings
+from engine.settings import GenerationSettings
 from models.z_image.control_keys import REFINER_PLAIN, REFINER_REPEAT, ControlSpec
 
 PATCH = "2-1"  # the transformer's patch size 2, frame patch 1
@@ -34,7 +34,7 @@ class ControlModule:
 
     net: torch.nn.Module  # diffusers ZImageControlNetModel, sharing the transformer's modules
     spec: ControlSpec
-    locator: object  # core.files.FileLocator
+    locator: object  # engine.weights.files.FileLocator
     blocks_run: int = 0  # control blocks run so far, for the benchmark and tests
     hooks: "ControlHooks | None" = None
 
@@ -63,7 +63,7 @@ def output_size(settings: GenerationSettings) -> GenerationSettings:
     """Settings with the output size taken from the control image's aspect ratio when control_fit is "image"."""
     if not settings.control_image or settings.control_fit != "image":
         return settings
-    from core.images import open_user_image, size_for_aspect
+    from engine.images.io import open_user_image, size_for_aspect
 
     w, h = size_for_aspect(open_user_image(settings.control_image, "control image").size, settings.width,
                            settings.height)
@@ -74,8 +74,8 @@ def pictures(settings: GenerationSettings, locator, device) -> ControlInputs:
     """The fitted picture, its control map and the fitted mask, all at the settings' output size."""
     from PIL import Image
 
-    from core.images import fit_image, load_mask, load_rgb
-    from core.preprocess import control_map
+    from engine.images.io import fit_image, load_mask, load_rgb
+    from engine.images.preprocess import control_map
 
     size = (settings.width, settings.height)
     picture = fit_image(load_rgb(settings.control_image, "control image"), *size, settings.control_fit)

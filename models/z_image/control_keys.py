@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from core.errors import ModelFileError
+from engine.errors import ModelFileError
 from models.z_image.keys import CONTROL_STEMS, count_blocks
 
 CONTROL_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "controlnet.", "control_model.",

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from core.errors import ModelFileError
-from core.safetensors_io import load_tensors
-from core.weights import assign_weights, build_empty, check_shapes
+from engine.errors import ModelFileError
+from engine.weights.safetensors_io import load_tensors
+from engine.weights.assign import assign_weights, build_empty, check_shapes
 from models.z_image import control_keys as CK
 from models.z_image import keys as K
 from models.z_image.config import metadata_config

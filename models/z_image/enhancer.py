@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from core.errors import UserError
+from engine.errors import UserError
 
 SYSTEM_PROMPT = """You turn a user's image request into one detailed prompt for a text-to-image model.
 Rules:

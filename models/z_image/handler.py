@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import quantization as Q
-from core.capabilities import Capabilities
-from core.errors import ModelFileError, SettingsError, UserError
-from core.files import FileLocator, as_list, parse_ref
-from core.load_options import LoadOptions
-from core.settings import GenerationSettings
+from engine.weights import quantization as Q
+from engine.capabilities import Capabilities
+from engine.errors import ModelFileError, SettingsError, UserError
+from engine.weights.files import FileLocator, as_list, parse_ref
+from engine.load_options import LoadOptions
+from engine.settings import GenerationSettings
 from models.z_image import keys as K
 from models.z_image.config import VAE_SCALE
 
@@ -215,7 +215,7 @@ class ZImageHandler:
     def load(self, model_def, locator: FileLocator, dtype, device, options: LoadOptions | None = None):
         """Load the files `options` choose (INT8 or bf16), then place them: a memory profile on CUDA, else
         `.to(device)`."""
-        from core import offload
+        from engine.placement import offload
         from models.z_image import loader
         from models.z_image.pipeline import ZImageModel
         from models.z_image.text import PromptEncoder
@@ -252,7 +252,7 @@ class ZImageHandler:
         (downloading a missing bf16 file); a file already there is kept, not overwritten."""
         import torch
 
-        from core.safetensors_io import read_header
+        from engine.weights.safetensors_io import read_header
         from models.z_image import loader
         from models.z_image.tiny import state_dict_for_file
 
@@ -310,7 +310,7 @@ class ZImageHandler:
 
     @staticmethod
     def apply_loras(model, files) -> list[str]:
-        """Attach exactly these LoRA files (core.lora.library.LoraFile) to a loaded model; returns warnings."""
+        """Attach exactly these LoRA files (engine.lora.library.LoraFile) to a loaded model; returns warnings."""
         from models.z_image.lora import apply_loras
 
         return apply_loras(model, files)
@@ -349,7 +349,7 @@ def _validate_control(settings: GenerationSettings, arch: str, caps: Capabilitie
     if settings.mask and not caps.inpaint:
         raise SettingsError(f"{arch} cannot inpaint: masks need Fun-ControlNet-Union 2.x (z_image_control2, "
                             "z_image_control2_1)")
-    from core.images import load_mask, open_user_image
+    from engine.images.io import load_mask, open_user_image
 
     open_user_image(settings.control_image, "control image")
     if settings.mask:

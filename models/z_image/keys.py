@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from core.errors import ModelFileError
-from core.quantization import plain_name
+from engine.errors import ModelFileError
+from engine.weights.quantization import plain_name
 
 TRANSFORMER_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "")
 TEXT_ENCODER_PREFIXES = ("text_encoders.qwen3_4b.transformer.", "text_encoder.", "")
@@ -30,7 +30,7 @@ FOREIGN_FAMILIES = [
     ("control_all_x_embedder.", "a Fun-ControlNet control module (it belongs in a control model type's \"modules\")"),
 ]
 LORA_MARKERS = ("lora_A.", "lora_B.", "lora_down.", "lora_up.", ".lokr_", ".hada_")
-QUANT_MARKERS = [  # quanto INT8 files (`.weight._data`) are read: see core.quantization
+QUANT_MARKERS = [  # quanto INT8 files (`.weight._data`) are read: see engine.weights.quantization
     ("scaled_fp8", "a ComfyUI scaled-fp8 file: not supported; use the bf16 file"),
     (".weight_scale", "a ComfyUI mixed-quantization file: not supported; use the bf16 file"),
     (".qweight", "a Nunchaku SVDQ file: not supported; use the bf16 file"),

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from core import quantization as Q
-from core.errors import ModelFileError
-from core.safetensors_io import TensorFileInfo, load_tensors, read_header, read_headers, weight_files_in
-from core.weights import assign_weights, build_empty, check_shapes
+from engine.weights import quantization as Q
+from engine.errors import ModelFileError
+from engine.weights.safetensors_io import TensorFileInfo, load_tensors, read_header, read_headers, weight_files_in
+from engine.weights.assign import assign_weights, build_empty, check_shapes
 from models.z_image import keys as K
 from models.z_image.attention import register as register_attention
 from models.z_image.config import (infer_qwen3_config, infer_transformer_config, infer_vae_config,

@@ -6,12 +6,12 @@ from functools import lru_cache
 
 import torch
 
-from core.errors import ModelFileError
-from core.lora.adapters import build
-from core.lora.apply import LoadedLora, LoraStack
-from core.lora.format import describe, group_keys, peft_alpha
-from core.lora.library import LoraFile
-from core.safetensors_io import load_tensors, read_header
+from engine.errors import ModelFileError
+from engine.lora.adapters import build
+from engine.lora.apply import LoadedLora, LoraStack
+from engine.lora.format import describe, group_keys, peft_alpha
+from engine.lora.library import LoraFile
+from engine.weights.safetensors_io import load_tensors, read_header
 from models.z_image import keys as K
 from models.z_image import lora_keys as LK
 
@@ -124,7 +124,7 @@ def full_size_linears() -> dict[str, tuple[int, int]]:
     """Linear shapes of the real 6B transformer, from a model built on the meta device (no memory)."""
     from diffusers import ZImageTransformer2DModel
 
-    from core.weights import build_empty
+    from engine.weights.assign import build_empty
     from models.z_image.config import TRANSFORMER_DEFAULTS
 
     return linear_shapes(build_empty(lambda: ZImageTransformer2DModel(**TRANSFORMER_DEFAULTS)))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from core.lora.format import Group, delta_shape, group_keys
+from engine.lora.format import Group, delta_shape, group_keys
 from models.z_image import keys as K
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "transformer.", "unet.",

@@ -185,7 +185,7 @@ class NegativeAttentionGuidance:
     def wrap(self, model_fn, schedule: torch.Tensor):
         """model_fn(x, time, *rest) with NAG on the covered steps; `schedule` is the sampler's descending
         sigmas or times, used to tell which step a call belongs to."""
-        from core.schedules import step_index
+        from engine.sampling.schedules import step_index
 
         total = len(schedule) - 1
 

@@ -1,6 +1,6 @@
 """Text-to-image for Z-Image: encode -> noise -> sampler(model_fn) -> decode.
 
-The denoising loop is the project's own (core.samplers); guidance is composed into `model_fn` here,
+The denoising loop is the project's own (engine.sampling.samplers); guidance is composed into `model_fn` here,
 so additions (NAG, per-step LoRA strengths, control) wrap the same function.
 """
 
@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from core.lora.apply import scheduled
-from core.memory import MemoryMonitor, log_report
-from core.samplers import SAMPLERS
-from core.schedules import SCHEDULES, rescale, step_index, twinflow_times
-from core.settings import GenerationSettings
+from engine.lora.apply import scheduled
+from engine.placement.memory import MemoryMonitor, log_report
+from engine.sampling.samplers import SAMPLERS
+from engine.sampling.schedules import SCHEDULES, rescale, step_index, twinflow_times
+from engine.settings import GenerationSettings
 from models.z_image.config import VAE_SCALE
 from models.z_image.control import add_control, output_size
 
@@ -33,8 +33,8 @@ class ZImageModel:
     files: dict = field(default_factory=dict)
     passes: int = 0  # transformer forward passes, for the benchmark and tests
     preview_projection: torch.Tensor | None = None  # latent -> RGB map for live previews, fitted on first use
-    loras: object = None  # core.lora.apply.LoraStack once a LoRA was attached (models/z_image/lora.py)
-    placement: object = None  # core.offload.Placement: the memory profile applied, if any
+    loras: object = None  # engine.lora.apply.LoraStack once a LoRA was attached (models/z_image/lora.py)
+    placement: object = None  # engine.placement.offload.Placement: the memory profile applied, if any
     load_info: dict = field(default_factory=dict)  # file kinds and profile, for the PNG record
     control: object = None  # models.z_image.control.ControlModule for control model types
 
@@ -73,7 +73,7 @@ def flow(model: ZImageModel, x: torch.Tensor, sigma: torch.Tensor, captions: lis
 
 
 def make_twinflow_fn(model: ZImageModel, captions):
-    """model_fn(x, t, target) -> F = noise - clean, for TwinFlow's unified sampler (core.samplers).
+    """model_fn(x, t, target) -> F = noise - clean, for TwinFlow's unified sampler (engine.sampling.samplers).
 
     t, target: sampler times (1 = noise, 0 = clean); the transformer gets model time |t_m| and, through
     its second time embedder, the jump to the target (models.z_image.twinflow)."""

@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 import torch
 
-from core.errors import SettingsError
+from engine.errors import SettingsError
 
 MAX_TOKENS = 512
 

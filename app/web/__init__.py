@@ -1,0 +1,1 @@
+"""The web page: launch flags, the field table, the page layout and its event handlers."""

@@ -1,0 +1,74 @@
+"""PNG outputs: settings embedded as JSON, written atomically under names that never overwrite."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from engine.errors import SettingsError, UserError
+from engine.settings import GenerationSettings
+
+PNG_KEY = "zimage_settings"
+
+
+def save_png(image, settings: GenerationSettings, record: dict, target: Path) -> Path:
+    """Write `image` with its settings; `target` is a folder (auto name) or a .png path (kept if free)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    target = Path(target)
+    folder, stem = (target.parent, target.stem) if target.suffix.lower() == ".png" else (target, None)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = stem or f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_seed{settings.seed}"
+    info = PngInfo()
+    info.add_itxt(PNG_KEY, json.dumps({"settings": settings.to_dict(), "record": record}, ensure_ascii=False))
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".png", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            image.save(fh, format="PNG", pnginfo=info)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return _publish(Path(tmp), folder, stem)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _publish(tmp: Path, folder: Path, stem: str) -> Path:
+    """Give the finished file its name; a hard link fails rather than replace an existing file."""
+    for n in range(10000):
+        final = folder / (f"{stem}.png" if n == 0 else f"{stem}_{n}.png")
+        try:
+            os.link(tmp, final)
+            return final
+        except FileExistsError:
+            continue
+        except OSError:  # a filesystem without hard links
+            if not final.exists():
+                os.replace(tmp, final)
+                return final
+    raise UserError(f"{folder}: too many files named {stem}_N.png")
+
+
+def read_png_settings(path) -> tuple[GenerationSettings, dict]:
+    """Settings and record from a PNG this app wrote."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            text = getattr(im, "text", {}).get(PNG_KEY)
+    except FileNotFoundError:
+        raise SettingsError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise SettingsError(f"{path}: not a readable image ({exc})") from None
+    if not text:
+        raise SettingsError(f"{path}: this PNG holds no settings from this app (made elsewhere, or its "
+                            "metadata was stripped)")
+    try:
+        data = json.loads(text)
+        return GenerationSettings.from_dict(data["settings"]), data.get("record", {})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SettingsError(f"{path}: its embedded settings are damaged ({exc})") from None

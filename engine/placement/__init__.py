@@ -1,0 +1,1 @@
+"""Placing loaded models in memory: offload profiles and the memory monitor."""

@@ -1,0 +1,155 @@
+"""Model types (defaults/*.json + finetunes/*.json) and the family handlers that run them."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import models
+from engine.errors import ModelDefinitionError, SettingsError
+from engine.settings import GenerationSettings, parse_resolution
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPONENTS = ("URLs", "modules", "text_encoder_URLs", "vae_URLs", "tokenizer")
+MODEL_FIELDS = {"name", "architecture", "description", "config", "comfyui", "file_sizes", *COMPONENTS}
+IGNORED_WAN2GP_FIELDS = {"visible", "image_outputs", "group"}  # UI hints of Wan2GP's with no meaning here
+
+
+@dataclass
+class ModelDef:
+    """One model type: the "model" block (files, architecture) and default settings."""
+
+    type: str
+    model: dict
+    defaults: dict = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def architecture(self) -> str:
+        return self.model["architecture"]
+
+    @property
+    def name(self) -> str:
+        return self.model.get("name", self.type)
+
+
+def discover_handlers() -> dict:
+    """architecture -> handler, from every package under models/ that exposes HANDLER."""
+    handlers = {}
+    for info in pkgutil.iter_modules(models.__path__):
+        module = importlib.import_module(f"models.{info.name}")
+        handler = getattr(module, "HANDLER", None)
+        for arch in handler.architectures() if handler else ():
+            handlers[arch] = handler
+    return handlers
+
+
+class Registry:
+    """Loads model types once; finetunes override defaults field by field."""
+
+    def __init__(self, folders=(ROOT / "defaults", ROOT / "finetunes"), extra_files=()):
+        self.folders = [Path(f) for f in folders]
+        self.user_folder = self.folders[-1] if self.folders else ROOT / "finetunes"  # where overrides are written
+        self.handlers = discover_handlers()
+        raw: dict[str, dict] = {}
+        sources: dict[str, list[str]] = {}
+        for folder in folders:
+            for path in sorted(Path(folder).glob("*.json")):
+                self._add(raw, sources, path.stem, path)
+        for path in extra_files:
+            self._add(raw, sources, Path(path).stem, Path(path))
+        self.types = {name: self._build(name, data, sources[name]) for name, data in raw.items()}
+        for model_def in self.types.values():
+            for comp in COMPONENTS:
+                self._resolve_reference(model_def, comp, [model_def.type])
+
+    def _add(self, raw, sources, name, path):
+        data = read_model_json(path)
+        raw[name] = deep_merge(raw.get(name, {}), data)
+        sources.setdefault(name, []).append(str(path))
+
+    def _build(self, name: str, data: dict, sources: list[str]) -> ModelDef:
+        where = sources[-1]
+        model = data.get("model")
+        if not isinstance(model, dict):
+            raise ModelDefinitionError(f"{where}: a model JSON needs a \"model\" block")
+        unknown = sorted(set(model) - MODEL_FIELDS - IGNORED_WAN2GP_FIELDS)
+        if unknown:
+            raise ModelDefinitionError(f"{where}: unknown field(s) in \"model\": {', '.join(unknown)} "
+                                       f"(known: {', '.join(sorted(MODEL_FIELDS))})")
+        arch = model.get("architecture")
+        if arch not in self.handlers:
+            raise ModelDefinitionError(f"{where}: architecture {arch!r} is not one this app knows "
+                                       f"({', '.join(sorted(self.handlers))})")
+        defaults = {k: v for k, v in data.items() if k != "model"}
+        allowed = GenerationSettings.field_names() - {"model_type"}
+        bad = sorted(set(defaults) - allowed)
+        if bad:
+            raise ModelDefinitionError(f"{where}: unknown setting(s) {', '.join(bad)} "
+                                       f"(settings: {', '.join(sorted(allowed))})")
+        if "resolution" in defaults:
+            try:
+                defaults["width"], defaults["height"] = parse_resolution(defaults.pop("resolution"))
+            except SettingsError as exc:
+                raise ModelDefinitionError(f"{where}: {exc}") from None
+        for key in ("config", "comfyui", "file_sizes"):
+            if key in model and not isinstance(model[key], dict):
+                raise ModelDefinitionError(f"{where}: \"{key}\" must be an object")
+        return ModelDef(name, model, defaults, sources)
+
+    def _resolve_reference(self, model_def: ModelDef, comp: str, chain: list[str]):
+        """A component given as another model type's name reuses that type's files."""
+        value = model_def.model.get(comp)
+        if not (isinstance(value, str) and value in self.types):
+            return
+        if value in chain:
+            raise ModelDefinitionError(f"model types refer to each other in a loop: {' -> '.join(chain + [value])}")
+        target = self.types[value]
+        self._resolve_reference(target, comp, chain + [value])
+        model_def.model[comp] = copy.deepcopy(target.model.get(comp))
+        sizes = model_def.model.setdefault("file_sizes", {})
+        for name, size in target.model.get("file_sizes", {}).items():
+            sizes.setdefault(name, size)
+
+    def get(self, model_type: str) -> ModelDef:
+        if model_type not in self.types:
+            raise ModelDefinitionError(f"unknown model type {model_type!r}; known types: "
+                                       f"{', '.join(sorted(self.types))}")
+        return self.types[model_type]
+
+    def handler(self, model_type: str):
+        return self.handlers[self.get(model_type).architecture]
+
+    def default_settings(self, model_type: str, **overrides) -> GenerationSettings:
+        """Family defaults, then the model JSON's, then the caller's."""
+        model_def = self.get(model_type)
+        data = {**self.handler(model_type).default_settings(model_def.architecture), **model_def.defaults}
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        data.setdefault("prompt", "")
+        return GenerationSettings.from_dict({**data, "model_type": model_type})
+
+
+def read_model_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelDefinitionError(f"{path}: model JSON not found") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelDefinitionError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ModelDefinitionError(f"{path}: a model JSON is an object with a \"model\" block")
+    return data
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

@@ -1,0 +1,283 @@
+"""GenerationSettings: the one object that travels from CLI/UI to the pipeline and into the PNG."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from dataclasses import dataclass, field
+
+from engine.errors import SettingsError
+
+MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 256, 4096, 16
+MAX_STEPS = 200
+MAX_SEED = 2**63 - 1
+LORA_STRENGTH_RANGE = (-2.0, 2.0)  # slider LoRAs go negative
+MAX_LORAS = 16
+ASPECT_RATIOS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9", "9:21")
+CONTROL_MODES = ("pose", "canny", "depth", "gray", "raw", "none")
+CONTROL_FITS = ("crop", "fit", "image")
+DEPTH_MODELS = ("small", "large")
+
+
+@dataclass
+class GenerationSettings:
+    """Everything that decides an image. Field names follow Wan2GP's model JSONs where they overlap."""
+
+    model_type: str
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = -1  # -1: pick a random seed; the one used is written back before generating
+    num_inference_steps: int = 8
+    guidance_scale: float = 0.0
+    cfg_truncation: float = 1.0  # guidance stops once 1 - sigma passes this (1.0: never)
+    cfg_normalization: float = 0.0  # cap |guided| at k * |positive| (0: off)
+    flow_shift: float = 3.0
+    sampler: str = "euler"
+    scheduler: str = "simple"  # sigma schedule for flow samplers: simple (shifted), beta, sgm_uniform
+    sigma_rescale: float = 1.0  # all sigmas times this (1: off; RES4LYF users take 0.996)
+    nag_scale: float = 1.0  # NAG (negative prompts without CFG): 1 = off
+    nag_tau: float = 2.5  # cap on |guided|_1 / |positive|_1 per token
+    nag_alpha: float = 0.25  # blend: alpha * guided + (1 - alpha) * positive
+    nag_start: float = 0.0  # NAG runs on the steps in [start, end), as fractions of the steps
+    nag_end: float = 1.0
+    width: int = 1024
+    height: int = 1024
+    batch_size: int = 1  # images in one pass
+    count: int = 1  # runs, with successive seeds
+    # [{"name": path inside the LoRA folder, "strength": float, "schedule": [float, ...] or None}]; see lora_item()
+    loras: list = field(default_factory=list)
+    enhance: bool = False  # rewrite the prompt with the text encoder before generating
+    enhance_thinking: bool = False  # let the enhancer think first (slower; the thinking is dropped)
+    original_prompt: str = ""  # the user's prompt when `prompt` holds the enhancer's rewrite
+    text_hidden_layer: int = -2  # which hidden state of the text encoder conditions the image
+    seed_variance: float = 0.0  # noise on the prompt embedding early in sampling, x its std (0: off)
+    seed_variance_fraction: float = 0.5  # share of the embedding's values that get noise
+    seed_variance_steps: float = 0.3  # share of the steps (from the start) with noise
+    # Control (control model types): the user's picture, turned into a map by control_mode; "" = no control.
+    control_image: str = ""
+    control_mode: str = "raw"  # pose, canny, depth, gray, raw (the picture is the map), none (inpaint only)
+    control_weight: float = 0.75
+    control_start: float = 0.0  # fraction of the steps where control starts ...
+    control_end: float = 1.0  # ... and ends
+    control_fit: str = "crop"  # crop, fit (letterbox), image (output size from the picture's aspect ratio)
+    mask: str = ""  # inpaint (2.x): white = repaint, the rest of control_image is kept
+    canny_low: int = 100
+    canny_high: int = 200
+    depth_model: str = "small"  # Depth Anything V2 small or large
+
+    def validate(self) -> "GenerationSettings":
+        _check_text(self.prompt, "prompt", required=True)
+        _check_text(self.negative_prompt, "negative prompt", required=False)
+        _check_int(self.num_inference_steps, "steps", 1, MAX_STEPS)
+        _check_int(self.batch_size, "batch size", 1, 16)
+        _check_int(self.count, "image count", 1, 100)
+        _check_int(self.seed, "seed", -1, MAX_SEED)
+        for side, name in ((self.width, "width"), (self.height, "height")):
+            _check_int(side, name, MIN_SIDE, MAX_SIDE)
+            if side % SIDE_MULTIPLE:
+                lo = side // SIDE_MULTIPLE * SIDE_MULTIPLE
+                raise SettingsError(f"{name} {side} is not a multiple of {SIDE_MULTIPLE} (the VAE and patch size "
+                                    f"need it): use {lo} or {lo + SIDE_MULTIPLE}")
+        _check_float(self.guidance_scale, "guidance", 0.0, 100.0)
+        _check_float(self.flow_shift, "shift", 0.01, 100.0)
+        _check_float(self.cfg_truncation, "CFG truncation", 0.0, 1.0)
+        _check_float(self.cfg_normalization, "CFG normalization", 0.0, 100.0)
+        if not isinstance(self.sampler, str) or not self.sampler:
+            raise SettingsError("sampler must be a name such as 'euler'")
+        if not isinstance(self.scheduler, str) or not self.scheduler:
+            raise SettingsError("scheduler must be a name such as 'simple'")
+        _check_float(self.sigma_rescale, "sigma rescale", 0.5, 1.0)
+        _check_float(self.nag_scale, "NAG scale", 1.0, 50.0)
+        _check_float(self.nag_tau, "NAG tau", 0.5, 50.0)
+        _check_float(self.nag_alpha, "NAG alpha", 0.0, 1.0)
+        _check_float(self.nag_start, "NAG start", 0.0, 1.0)
+        _check_float(self.nag_end, "NAG end", 0.0, 1.0)
+        if self.nag_start >= self.nag_end:
+            raise SettingsError(f"NAG start {self.nag_start} must be below NAG end {self.nag_end} (fractions of "
+                                "the steps, e.g. 0 and 0.75 to stop NAG for the last quarter)")
+        self.loras = normalize_loras(self.loras)
+        for flag in ("enhance", "enhance_thinking"):
+            if not isinstance(getattr(self, flag), bool):
+                raise SettingsError(f"{flag} must be true or false")
+        _check_text(self.original_prompt, "original prompt", required=False)
+        _check_int(self.text_hidden_layer, "text hidden layer", -64, -2)
+        _check_float(self.seed_variance, "seed variance", 0.0, 10.0)
+        _check_float(self.seed_variance_fraction, "seed variance fraction", 0.0, 1.0)
+        _check_float(self.seed_variance_steps, "seed variance steps", 0.0, 1.0)
+        self._validate_control()
+        return self
+
+    def _validate_control(self) -> None:
+        for value, name in ((self.control_image, "control image"), (self.mask, "mask")):
+            if not isinstance(value, str):
+                raise SettingsError(f"{name} must be a file path (text)")
+        _check_choice(self.control_mode, "control mode", CONTROL_MODES)
+        _check_choice(self.control_fit, "control fit", CONTROL_FITS)
+        _check_choice(self.depth_model, "depth model", DEPTH_MODELS)
+        _check_float(self.control_weight, "control weight", 0.0, 2.0)
+        _check_float(self.control_start, "control start", 0.0, 1.0)
+        _check_float(self.control_end, "control end", 0.0, 1.0)
+        if self.control_start >= self.control_end:
+            raise SettingsError(f"control start {self.control_start} must be below control end {self.control_end}")
+        _check_int(self.canny_low, "canny low threshold", 0, 1000)
+        _check_int(self.canny_high, "canny high threshold", 1, 1000)
+        if self.canny_low > self.canny_high:
+            raise SettingsError(f"canny low threshold {self.canny_low} is above the high one {self.canny_high}")
+        if self.mask and not self.control_image:
+            raise SettingsError("a mask needs a control image: the picture whose masked part is repainted")
+        if self.control_mode == "none" and self.control_image and not self.mask:
+            raise SettingsError("control mode 'none' (no control map) is for inpainting: give a mask too")
+
+    def with_seed(self) -> "GenerationSettings":
+        """A copy with a concrete seed (a random one for -1)."""
+        seed = self.seed if self.seed >= 0 else random.randint(0, 2**32 - 1)
+        return dataclasses.replace(self, seed=seed)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GenerationSettings":
+        """Build from plain data (model JSON defaults, a PNG, the UI); unknown keys are an error."""
+        data = dict(data)
+        if "resolution" in data:
+            data["width"], data["height"] = parse_resolution(data.pop("resolution"))
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        if "model_type" not in data or "prompt" not in data:
+            raise SettingsError("settings need at least 'model_type' and 'prompt'")
+        return cls(**data)
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)} | {"resolution"}
+
+
+def parse_resolution(text) -> tuple[int, int]:
+    """'1024x768' -> (1024, 768)."""
+    try:
+        w, h = str(text).lower().replace(" ", "").split("x")
+        return int(w), int(h)
+    except ValueError:
+        raise SettingsError(f"resolution '{text}' is not WIDTHxHEIGHT, e.g. 1024x1024") from None
+
+
+def size_presets(megapixels: float = 1.0) -> dict[str, tuple[int, int]]:
+    """Sizes near `megapixels` for common aspect ratios, each side a multiple of 16."""
+    presets = {}
+    for ratio in ASPECT_RATIOS:
+        a, b = (int(x) for x in ratio.split(":"))
+        w = math.sqrt(megapixels * 2**20 * a / b)
+        presets[ratio] = (_round16(w), _round16(w * b / a))
+    return presets
+
+
+def _round16(x: float) -> int:
+    return max(MIN_SIDE, min(MAX_SIDE, int(round(x / SIDE_MULTIPLE)) * SIDE_MULTIPLE))
+
+
+def _check_text(value, name, required):
+    if not isinstance(value, str):
+        raise SettingsError(f"{name} must be text")
+    if required and not value.strip():
+        raise SettingsError(f"the {name} is empty: describe the image to generate")
+
+
+def _check_int(value, name, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingsError(f"{name} must be a whole number, got {value!r}")
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name} {value} is out of range ({lo} to {hi})")
+
+
+def _check_choice(value, name, choices):
+    if value not in choices:
+        raise SettingsError(f"{name} {value!r} is not one of: {', '.join(choices)}")
+
+
+def _check_float(value, name, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise SettingsError(f"{name} must be a number, got {value!r}")
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name} {value} is out of range ({lo} to {hi})")
+
+
+# ---- LoRA items ---------------------------------------------------------------------------------
+
+def lora_item(name: str, strength: float = 1.0, schedule=None) -> dict:
+    """One entry of `loras`. `schedule` (optional): per-step multipliers of `strength`, spread evenly over the
+    steps ("1.0,0.5" on 8 steps: full strength for steps 1-4, half for 5-8)."""
+    return normalize_loras([{"name": name, "strength": strength, "schedule": schedule}])[0]
+
+
+def normalize_loras(items) -> list[dict]:
+    """Validated items in their canonical form (a schedule given as text becomes a list of numbers)."""
+    if not isinstance(items, (list, tuple)):
+        raise SettingsError("loras must be a list of {name, strength, schedule} entries")
+    if len(items) > MAX_LORAS:
+        raise SettingsError(f"{len(items)} LoRAs given; at most {MAX_LORAS} at once")
+    out, seen = [], set()
+    lo, hi = LORA_STRENGTH_RANGE
+    for item in items:
+        if not isinstance(item, dict) or "name" not in item:
+            raise SettingsError(f"a LoRA entry must be {{'name': ..., 'strength': ...}}, got {item!r}")
+        unknown = sorted(set(item) - {"name", "strength", "schedule"})
+        if unknown:
+            raise SettingsError(f"LoRA entry {item.get('name')!r}: unknown field(s) {', '.join(unknown)}")
+        name = item["name"]
+        if not isinstance(name, str) or not name.strip():
+            raise SettingsError(f"a LoRA name must be a file name inside the LoRA folder, got {name!r}")
+        if name in seen:
+            raise SettingsError(f"LoRA {name!r} is listed twice: give it once, with the summed strength")
+        seen.add(name)
+        strength = item.get("strength", 1.0)
+        _check_float(strength, f"strength of LoRA {name!r}", lo, hi)
+        schedule = parse_schedule(item.get("schedule"), name)
+        out.append({"name": name, "strength": float(strength), "schedule": schedule})
+    return out
+
+
+def parse_schedule(value, name: str = "") -> list[float] | None:
+    """None, "1.0,0.5" or [1.0, 0.5] -> None or a list of multipliers (each in the strength range)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    what = f"schedule of LoRA {name!r}"
+    if isinstance(value, str):
+        try:
+            value = [float(v) for v in value.replace(" ", "").split(",")]
+        except ValueError:
+            raise SettingsError(f"{what} {value!r} is not comma-separated numbers, e.g. 1.0,0.5") from None
+    if not isinstance(value, (list, tuple)) or not value or len(value) > MAX_STEPS:
+        raise SettingsError(f"{what} must be 1 to {MAX_STEPS} numbers, e.g. 1.0,0.5")
+    for v in value:
+        _check_float(v, what, *LORA_STRENGTH_RANGE)
+    return [float(v) for v in value]
+
+
+def parse_lora_arg(text: str) -> dict:
+    """The command line's NAME, NAME:STRENGTH or NAME:M1,M2,... (a per-step schedule at strength 1)."""
+    name, sep, value = str(text).rpartition(":")
+    if not sep or not name or "," not in value and not _is_number(value):
+        return lora_item(str(text))  # no strength given (or a name holding a colon)
+    if "," in value:
+        return lora_item(name, 1.0, value)
+    return lora_item(name, float(value))
+
+
+def lora_strength_at(item: dict, step: int, steps: int) -> float:
+    """The strength of a LoRA entry at step `step` (0-based) of `steps`."""
+    schedule = item.get("schedule")
+    if not schedule:
+        return item["strength"]
+    return item["strength"] * schedule[min(len(schedule) - 1, step * len(schedule) // max(1, steps))]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False

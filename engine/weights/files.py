@@ -1,0 +1,130 @@
+"""Where a model's files are: the user's own copies first (checkpoints, ComfyUI folders), else the hub.
+
+A file reference in a model JSON is a hub URL (…/resolve/REV/PATH for a file, …/tree/REV/PATH for a
+folder) or a local path (file or folder). Hub files land in the checkpoints folder under their repo path,
+the same layout Wan2GP's ckpts/ uses, so either app can use the other's downloads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import DownloadError, ModelDefinitionError, ModelFileError
+
+_HUB_URL = re.compile(r"^https://huggingface\.co/([^/]+/[^/]+)/(resolve|tree|blob)/([^/]+)/(.+?)/?$")
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A hub file/folder (repo, path, revision) or a local path."""
+
+    text: str
+    repo: str | None = None
+    path: str = ""
+    revision: str = "main"
+    folder: bool = False
+
+    @property
+    def is_hub(self) -> bool:
+        return self.repo is not None
+
+    @property
+    def filename(self) -> str:
+        return self.path.rsplit("/", 1)[-1] if self.is_hub else Path(self.text).name
+
+
+def parse_ref(text) -> FileRef:
+    if not isinstance(text, str) or not text.strip():
+        raise ModelDefinitionError(f"a file reference must be a hub URL or a path, got {text!r}")
+    text = text.strip()
+    m = _HUB_URL.match(text)
+    if m:
+        repo, kind, rev, path = m.groups()
+        return FileRef(text, repo, path, rev, folder=kind == "tree")
+    if text.startswith(("http://", "https://")):
+        raise ModelDefinitionError(f"{text}: only huggingface.co URLs of the form "
+                                   "https://huggingface.co/OWNER/REPO/resolve/main/FILE are supported")
+    return FileRef(text)
+
+
+def as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+@dataclass
+class FileLocator:
+    """Finds a reference on disk, or downloads it into `checkpoints`."""
+
+    checkpoints: Path = Path("ckpts")
+    comfyui_models: Path | None = None
+    offline: bool = False
+
+    def local_path(self, ref: FileRef) -> Path | None:
+        if not ref.is_hub:
+            path = Path(os.path.expanduser(ref.text))
+            return path if path.exists() else None
+        for candidate in (self.checkpoints / ref.path, self.checkpoints / ref.filename):
+            if candidate.exists():
+                return candidate
+        return None
+
+    def comfyui_path(self, relative_names: list[str]) -> Path | None:
+        if not self.comfyui_models:
+            return None
+        for rel in relative_names:
+            candidate = Path(self.comfyui_models) / rel
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def find(self, refs: list[FileRef], comfyui_names: list[str] = ()) -> Path | None:
+        """The first alternative already on disk, the user's ComfyUI copy next."""
+        for ref in refs:
+            path = self.local_path(ref)
+            if path is not None:
+                return path
+        return self.comfyui_path(list(comfyui_names))
+
+    def download(self, ref: FileRef, size: int | None = None, patterns: list[str] = ()) -> Path:
+        """Fetch a hub file (resumable, with a progress bar) or the listed files of a hub folder."""
+        if not ref.is_hub:
+            raise ModelFileError(ref.text, "file or folder not found")
+        target = self.checkpoints / ref.path
+        try:
+            if self.offline or os.environ.get("HF_HUB_OFFLINE") == "1":
+                raise OSError("offline mode (HF_HUB_OFFLINE=1)")
+            from huggingface_hub import hf_hub_download, snapshot_download
+
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            if ref.folder:
+                allow = [f"{ref.path}/{p}" for p in patterns] or [f"{ref.path}/*"]
+                snapshot_download(ref.repo, revision=ref.revision, allow_patterns=allow, local_dir=self.checkpoints)
+                return target
+            return Path(hf_hub_download(ref.repo, ref.path, revision=ref.revision, local_dir=self.checkpoints))
+        except Exception as exc:
+            what = "folder" if ref.folder else "file"
+            size_text = f" ({human_size(size)})" if size else ""
+            raise DownloadError(
+                f"could not download the {what} {ref.path} from {ref.repo}{size_text}: {first_line(exc)}. "
+                f"Download it from {ref.text} yourself and put it at {target}, or point the model JSON or "
+                "--comfyui-models at your copy.") from None
+
+
+def human_size(n: int | None) -> str:
+    if not n:
+        return "size unknown"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
