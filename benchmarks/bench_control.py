@@ -132,11 +132,12 @@ def main():
     from engine.engine import Engine
     from engine.weights.files import FileLocator
     from engine.registry import Registry
+    from models import families
 
     folder = Path(tempfile.mkdtemp(prefix="zimage-bench-control-"))
     defs, modules, tok, picture = build(folder)
     dtype = "float32" if args.device == "cpu" else "bfloat16"
-    engine = Engine(Registry(extra_files=defs), FileLocator(checkpoints=folder / "ckpts", offline=True), dtype,
+    engine = Engine(Registry(families(), extra_files=defs), FileLocator(checkpoints=folder / "ckpts", offline=True), dtype,
                     args.device)
     common = dict(prompt="a white box", seed=1, num_inference_steps=args.steps, width=args.size, height=args.size,
                   control_mode="raw", control_weight=0.8)

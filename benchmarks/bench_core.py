@@ -89,11 +89,12 @@ def main():
     from engine.engine import Engine
     from engine.weights.files import FileLocator
     from engine.registry import Registry
+    from models import families
 
     folder = Path(tempfile.mkdtemp(prefix="zimage-bench-"))
     models, tok = build(folder)
     dtype = "float32" if args.device == "cpu" else "bfloat16"
-    engine = Engine(Registry(extra_files=[folder / "bench_small.json"]), FileLocator(offline=True), dtype, args.device)
+    engine = Engine(Registry(families(), extra_files=[folder / "bench_small.json"]), FileLocator(offline=True), dtype, args.device)
     settings = engine.settings_for("bench_small", prompt="a lighthouse on a cliff at dusk", seed=1,
                                    num_inference_steps=args.steps, width=args.size, height=args.size)
     engine.generate(settings)  # load + warm up

@@ -40,10 +40,11 @@ def child(config: dict) -> dict:
     from engine.load_options import LoadOptions
     from engine.placement.memory import MemoryMonitor
     from engine.registry import ROOT as APP_ROOT, Registry
+    from models import families
 
     options = LoadOptions(profile=config["profile"], transformer_quantization=config["quantization"],
                           text_encoder_quantization=config["quantization"])
-    registry = Registry((APP_ROOT / "defaults", Path(config["finetunes"])),
+    registry = Registry(families(), (APP_ROOT / "defaults", Path(config["finetunes"])),
                         extra_files=[Path(p) for p in config["model_defs"]])
     comfy = Path(config["comfyui"]) if config["comfyui"] else None
     engine = Engine(registry, FileLocator(Path(config["checkpoints"]), comfy), None, config["device"], options)
@@ -100,7 +101,7 @@ def machine() -> dict:
 
 def files_present(model: str, quantization: str, args) -> str | None:
     """None when the configuration's files are on disk, else what is missing."""
-    from app.cli import make_engine
+    from app.setup import make_engine
     from engine.load_options import LoadOptions
 
     engine = make_engine(args)

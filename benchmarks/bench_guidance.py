@@ -78,13 +78,14 @@ def main():
     from engine.engine import Engine
     from engine.weights.files import FileLocator
     from engine.registry import Registry
+    from models import families
     from engine.sampling.samplers import SAMPLERS
 
     folder = Path(tempfile.mkdtemp(prefix="zimage-bench-guidance-"))
     build(folder)
     add_twinflow(folder)
     dtype = "float32" if args.device == "cpu" else "bfloat16"
-    registry = Registry(extra_files=[folder / "bench_small.json", folder / "bench_twinflow.json"])
+    registry = Registry(families(), extra_files=[folder / "bench_small.json", folder / "bench_twinflow.json"])
     engine, twin_engine = (Engine(registry, FileLocator(offline=True), dtype, args.device) for _ in range(2))
     turbo = engine.settings_for("bench_small", prompt=PROMPT, negative_prompt=NEGATIVE, seed=1, width=args.size,
                                 height=args.size, num_inference_steps=8, nag_scale=1.0)

@@ -59,6 +59,7 @@ def build(folder: Path) -> Path:
     from engine.weights.files import FileLocator
     from engine.finetunes import add_alternative
     from engine.registry import Registry
+    from models import families
     from models.z_image import tiny
 
     files = tiny.write_parts(folder, small_parts(SMALL), torch.bfloat16, suffix="_bf16")
@@ -66,7 +67,7 @@ def build(folder: Path) -> Path:
     finetunes = folder / "finetunes"
     finetunes.mkdir()
     (finetunes / f"{TYPE}.json").write_text(json.dumps({"model": {"architecture": "z_image", **files}}))
-    engine = Engine(Registry((ROOT / "defaults", finetunes)), FileLocator(folder, offline=True))
+    engine = Engine(Registry(families(), (ROOT / "defaults", finetunes)), FileLocator(folder, offline=True))
     model_def = engine.registry.get(TYPE)
     for done in engine.registry.handler(TYPE).quantize(model_def, engine.locator, ["transformer", "text_encoder"],
                                                        folder):
@@ -100,6 +101,7 @@ def main():
     from engine.weights.files import FileLocator
     from engine.load_options import LoadOptions
     from engine.registry import Registry
+    from models import families
     from models.z_image import loader
 
     folder = Path(tempfile.mkdtemp(prefix="zimage-bench-int8-"))
@@ -117,7 +119,7 @@ def main():
         engines, settings = {}, {}
         for kind in ("bf16", "int8"):
             options = LoadOptions(transformer_quantization=kind, text_encoder_quantization=kind)
-            engines[kind] = Engine(Registry((ROOT / "defaults", finetunes)), FileLocator(folder, offline=True), dtype,
+            engines[kind] = Engine(Registry(families(), (ROOT / "defaults", finetunes)), FileLocator(folder, offline=True), dtype,
                                    "cpu", options)
             settings[kind] = engines[kind].settings_for(TYPE, prompt="a lighthouse on a cliff at dusk", seed=1,
                                                         num_inference_steps=args.steps, width=args.size,

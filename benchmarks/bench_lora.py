@@ -92,13 +92,14 @@ def main():
     from engine.engine import Engine
     from engine.weights.files import FileLocator
     from engine.registry import Registry
+    from models import families
     from engine.settings import lora_item
     from models.z_image.lora import linear_shapes, read_lora
 
     folder = Path(tempfile.mkdtemp(prefix="zimage-bench-lora-"))
     build(folder)
     dtype = "float32" if args.device == "cpu" else "bfloat16"
-    engine = Engine(Registry(extra_files=[folder / "bench_small.json"]), FileLocator(offline=True), dtype,
+    engine = Engine(Registry(families(), extra_files=[folder / "bench_small.json"]), FileLocator(offline=True), dtype,
                     args.device, lora_dirs={"z_image": folder / "loras"})
     settings = engine.settings_for("bench_small", prompt="a lighthouse on a cliff at dusk", seed=1,
                                    num_inference_steps=args.steps, width=args.size, height=args.size)

@@ -63,6 +63,7 @@ def main():
     from engine.engine import Engine
     from engine.weights.files import FileLocator
     from engine.registry import Registry
+    from models import families
     from app.web.page import build_ui
     from models.z_image.tiny import write_test_model
 
@@ -71,7 +72,7 @@ def main():
         sys.exit("needs Debian's chromium (apt-get install chromium)")
     work = Path(tempfile.mkdtemp(prefix="zimage-ui-bench-"))
     model_json = write_test_model(work / "model")
-    engine = Engine(Registry(extra_files=[model_json]), FileLocator(offline=True), "float32", "cpu")
+    engine = Engine(Registry(families(), extra_files=[model_json]), FileLocator(offline=True), "float32", "cpu")
     settings = engine.settings_for(model_json.stem, prompt="a small red house", seed=1,
                                    num_inference_steps=args.steps)
     demo = build_ui(engine, output_dir=work / "out", memory_path=work / "mem.json")

@@ -1,20 +1,27 @@
-"""The one code path from settings to saved PNGs, shared by the CLI and the UI."""
+"""The one code path from settings to saved PNGs, shared by every front-end (CLI, page, API).
+
+Front-ends prepare a request (settings validated once, plus the components and load options of this job
+only) and run it as a job on `engine.jobs`, the one queue for everything that uses the model. The methods
+that touch the model also take the engine's lock, so even a direct call cannot run beside a job.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import gc
 import platform
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine import APP_NAME
-from engine import APP_VERSION
+from engine import APP_NAME, APP_VERSION
 from engine.errors import SettingsError
-from engine.weights.files import FileLocator
+from engine.jobs import JobQueue
 from engine.load_options import LoadOptions
 from engine.outputs import save_png
 from engine.registry import Registry
 from engine.settings import GenerationSettings
+from engine.weights.files import FileLocator
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
@@ -45,34 +52,46 @@ def pick_dtype(name: str | None, device):
     return getattr(torch, DTYPES[name])
 
 
+@dataclass(frozen=True)
+class Request:
+    """What one job asks for: validated settings, and what to load for it (this job only)."""
+
+    settings: GenerationSettings
+    notes: tuple[str, ...] = ()
+    components: tuple[tuple[str, str], ...] = ()  # model JSON component field -> file, e.g. another VAE
+    options: LoadOptions | None = None  # None: the engine's own
+
+
+@dataclass
+class Loaded:
+    """What is loaded now, and with what."""
+
+    model: object = None
+    key: tuple = ()
+    extras: dict = field(default_factory=dict)
+
+
 class Engine:
-    """Holds at most one loaded model type; loads on demand, generates, saves."""
+    """Holds at most one loaded model type; loads on demand, generates, saves. `jobs` runs GPU work."""
 
     def __init__(self, registry: Registry, locator: FileLocator, dtype: str | None = None,
-                 device: str | None = None, options: LoadOptions | None = None, overrides: dict | None = None,
+                 device: str | None = None, options: LoadOptions | None = None, components: dict | None = None,
                  lora_dirs: dict | None = None):
         self.registry = registry
         self.locator = locator
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.options = (options or LoadOptions()).validate()
-        self.overrides = dict(overrides or {})  # model JSON component field -> path, for every type
-        self.model = None
-        self._loaded_key = None
+        self.components = {k: v for k, v in (components or {}).items() if v}  # the CLI's --text-encoder/--vae
         self.lora_dirs = dict(lora_dirs or {})  # family -> folder (default: the handler's)
+        self.jobs = JobQueue()
+        self._gpu = threading.RLock()
+        self._loaded = Loaded()
         self._libraries: dict = {}
 
-    def set_overrides(self, overrides: dict) -> None:
-        """Swap components (e.g. {"text_encoder_URLs": path, "vae_URLs": path}); reloads on next use."""
-        self.overrides = {k: v for k, v in overrides.items() if v}
-
-    def configure(self, **changes) -> LoadOptions:
-        """Change load options (INT8/bf16 files, memory profile...); the loaded model is dropped if they differ."""
-        options = self.options.replace(**changes)
-        if options != self.options:
-            self.unload()
-            self.options = options
-        return options
+    @property
+    def model(self):
+        return self._loaded.model
 
     def startup_notes(self) -> list[str]:
         """What to tell the user once about memory management here (profile chosen, or no CUDA)."""
@@ -83,14 +102,29 @@ class Engine:
     def settings_for(self, model_type: str, **overrides) -> GenerationSettings:
         return self.registry.default_settings(model_type, **overrides)
 
-    def check(self, settings: GenerationSettings) -> list[str]:
-        """Validate everything before any loading; returns notes worth showing."""
-        settings.validate()
+    # ---- requests --------------------------------------------------------------------------------
+
+    def prepare(self, settings: GenerationSettings, components: dict | None = None,
+                options: LoadOptions | None = None) -> Request:
+        """Validate once, before any loading; the request carries the notes worth showing."""
+        settings = settings.validate()
         model_def = self.registry.get(settings.model_type)
         handler = self.registry.handler(settings.model_type)
         handler.validate(settings, model_def.architecture)
         self.lora_library(settings.model_type).resolve_all(settings.loras)  # names, before loading anything
-        return handler.notes(settings, model_def.architecture) + handler.lora_notes(settings, model_def.architecture)
+        notes = handler.notes(settings, model_def.architecture) + handler.lora_notes(settings,
+                                                                                   model_def.architecture)
+        merged = {**self.components, **{k: v for k, v in (components or {}).items() if v}}
+        return Request(settings, tuple(notes), tuple(sorted(merged.items())), options)
+
+    def check(self, settings: GenerationSettings) -> list[str]:
+        """Validate `settings`; returns the notes worth showing."""
+        return list(self.prepare(settings).notes)
+
+    def _request(self, settings_or_request) -> Request:
+        if isinstance(settings_or_request, Request):
+            return settings_or_request
+        return self.prepare(settings_or_request)
 
     def lora_library(self, model_type: str):
         """The LoRA folder of a model type's family (engine.lora.library.LoraLibrary)."""
@@ -102,68 +136,89 @@ class Engine:
             self._libraries[folder] = LoraLibrary(folder)
         return self._libraries[folder]
 
-    def apply_loras(self, settings: GenerationSettings) -> list[str]:
-        """Load the model, attach exactly the settings' LoRAs; returns warnings (e.g. keys not applied)."""
-        model = self.load(settings.model_type)
-        files = self.lora_library(settings.model_type).resolve_all(settings.loras)
-        return self.registry.handler(settings.model_type).apply_loras(model, files)
+    # ---- the model -------------------------------------------------------------------------------
 
-    def load(self, model_type: str):
-        key = (model_type, tuple(sorted(self.overrides.items())))
-        if self.model is not None and self._loaded_key == key:
-            return self.model
-        self.unload()
-        model_def = self.registry.get(model_type)
-        if self.overrides:
-            model_def = dataclasses.replace(model_def, model={**model_def.model, **self.overrides})
-        self.model = self.registry.handler(model_type).load(model_def, self.locator, self.dtype, self.device,
-                                                            self.options)
-        self._loaded_key = key
-        return self.model
+    def load(self, model_type: str, components=(), options: LoadOptions | None = None):
+        """The model type loaded with these component files and options (the engine's by default)."""
+        components = tuple(sorted(dict(components or self.components).items()))
+        options = options or self.options
+        key = (model_type, components, options)
+        with self._gpu:
+            if self._loaded.model is not None and self._loaded.key == key:
+                return self._loaded.model
+            self.unload()
+            model_def = self.registry.get(model_type)
+            if components:
+                model_def = dataclasses.replace(model_def, model={**model_def.model, **dict(components)})
+            model = self.registry.handler(model_type).load(model_def, self.locator, self.dtype, self.device,
+                                                           options)
+            self._loaded = Loaded(model, key)
+            return model
+
+    def load_for(self, request: Request):
+        return self.load(request.settings.model_type, request.components, request.options)
 
     def unload(self) -> None:
-        if self.model is not None and getattr(self.model, "placement", None) is not None:
-            self.model.placement.release()
-        self.model = None
-        self._loaded_key = None
-        gc.collect()
-        try:
-            import torch
+        with self._gpu:
+            model = self._loaded.model
+            if model is not None and getattr(model, "placement", None) is not None:
+                model.placement.release()
+            self._loaded = Loaded()
+            del model
+            gc.collect()
+            try:
+                import torch
 
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            except ImportError:
+                pass
 
-    def enhance(self, settings: GenerationSettings, on_token=None) -> GenerationSettings:
+    def apply_loras(self, settings_or_request) -> list[str]:
+        """Load the model, attach exactly the settings' LoRAs; returns warnings (e.g. keys not applied)."""
+        request = self._request(settings_or_request)
+        with self._gpu:
+            model = self.load_for(request)
+            files = self.lora_library(request.settings.model_type).resolve_all(request.settings.loras)
+            return self.registry.handler(request.settings.model_type).apply_loras(model, files)
+
+    # ---- actions (run them as jobs: engine.jobs.submit(lambda ctx: engine.generate(request, ...))) ------
+
+    def enhance(self, settings_or_request, on_token=None) -> GenerationSettings:
         """Settings whose prompt is the enhancer's rewrite (seeded by the settings' seed); the user's prompt
         moves to `original_prompt`, so both reach the PNG."""
-        settings = settings.with_seed()
-        model = self.load(settings.model_type)
-        original = settings.original_prompt or settings.prompt
-        text = self.registry.handler(settings.model_type).enhance(model, original, settings.seed,
-                                                                   settings.enhance_thinking, on_token)
+        request = self._request(settings_or_request)
+        settings = request.settings.with_seed()
+        with self._gpu:
+            model = self.load_for(request)
+            original = settings.original_prompt or settings.prompt
+            text = self.registry.handler(settings.model_type).enhance(model, original, settings.seed,
+                                                                       settings.enhance_thinking, on_token)
         return dataclasses.replace(settings, prompt=text, original_prompt=original)
 
-    def generate(self, settings: GenerationSettings, callback=None, on_token=None):
-        self.check(settings)
-        model = self.load(settings.model_type)
-        if settings.enhance and not settings.original_prompt:
-            settings = self.enhance(settings, on_token)
-        self.apply_loras(settings)
-        return self.registry.handler(settings.model_type).generate(model, settings, callback)
+    def generate(self, settings_or_request, callback=None, on_token=None):
+        request = self._request(settings_or_request)
+        with self._gpu:
+            if request.settings.enhance and not request.settings.original_prompt:
+                request = dataclasses.replace(request, settings=self.enhance(request, on_token))
+            self.apply_loras(request)
+            settings = request.settings
+            return self.registry.handler(settings.model_type).generate(self.model, settings, callback)
 
-    def control_map(self, settings: GenerationSettings):
+    def control_map(self, settings_or_request):
         """The control map `settings` would condition on (PIL RGB at the output size), without generating."""
-        self.check(settings)
+        settings = self._request(settings_or_request).settings
         handler = self.registry.handler(settings.model_type)
         if not settings.control_image or not hasattr(handler, "control_map"):
             raise SettingsError("no control image to make a map from")
-        return handler.control_map(settings, self.locator, self.device)
+        with self._gpu:
+            return handler.control_map(settings, self.locator, self.device)
 
     def preview(self, latents):
         """A cheap picture of in-progress latents from the loaded model."""
         return self.registry.handler(self.model.model_type).preview(self.model, latents)
+
+    # ---- outputs ---------------------------------------------------------------------------------
 
     def record(self, batch_index: int, settings: GenerationSettings | None = None) -> dict:
         """What the PNG keeps besides the settings: files, LoRA fingerprints, precision and versions."""

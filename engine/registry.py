@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import copy
-import importlib
 import json
-import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import models
 from engine.errors import ModelDefinitionError, SettingsError
 from engine.settings import GenerationSettings, parse_resolution
 
@@ -37,24 +34,16 @@ class ModelDef:
         return self.model.get("name", self.type)
 
 
-def discover_handlers() -> dict:
-    """architecture -> handler, from every package under models/ that exposes HANDLER."""
-    handlers = {}
-    for info in pkgutil.iter_modules(models.__path__):
-        module = importlib.import_module(f"models.{info.name}")
-        handler = getattr(module, "HANDLER", None)
-        for arch in handler.architectures() if handler else ():
-            handlers[arch] = handler
-    return handlers
-
-
 class Registry:
-    """Loads model types once; finetunes override defaults field by field."""
+    """Loads model types once; finetunes override defaults field by field.
 
-    def __init__(self, folders=(ROOT / "defaults", ROOT / "finetunes"), extra_files=()):
+    `families` are the model-family handlers (found by `models.families()`); the engine never imports a
+    family itself. Each handler names the architectures it runs."""
+
+    def __init__(self, families, folders=(ROOT / "defaults", ROOT / "finetunes"), extra_files=()):
         self.folders = [Path(f) for f in folders]
         self.user_folder = self.folders[-1] if self.folders else ROOT / "finetunes"  # where overrides are written
-        self.handlers = discover_handlers()
+        self.handlers = {arch: h for h in families for arch in h.architectures()}
         raw: dict[str, dict] = {}
         sources: dict[str, list[str]] = {}
         for folder in folders:

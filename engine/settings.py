@@ -20,9 +20,11 @@ CONTROL_FITS = ("crop", "fit", "image")
 DEPTH_MODELS = ("small", "large")
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationSettings:
-    """Everything that decides an image. Field names follow Wan2GP's model JSONs where they overlap."""
+    """Everything that decides an image. Field names follow Wan2GP's model JSONs where they overlap.
+
+    Immutable: changes make a copy (dataclasses.replace), so a job's settings cannot change under it."""
 
     model_type: str
     prompt: str
@@ -67,6 +69,8 @@ class GenerationSettings:
     depth_model: str = "small"  # Depth Anything V2 small or large
 
     def validate(self) -> "GenerationSettings":
+        """The same settings in canonical form (LoRA schedules as numbers), or SettingsError naming the field.
+        Does not change this object."""
         _check_text(self.prompt, "prompt", required=True)
         _check_text(self.negative_prompt, "negative prompt", required=False)
         _check_int(self.num_inference_steps, "steps", 1, MAX_STEPS)
@@ -96,7 +100,7 @@ class GenerationSettings:
         if self.nag_start >= self.nag_end:
             raise SettingsError(f"NAG start {self.nag_start} must be below NAG end {self.nag_end} (fractions of "
                                 "the steps, e.g. 0 and 0.75 to stop NAG for the last quarter)")
-        self.loras = normalize_loras(self.loras)
+        loras = normalize_loras(self.loras)
         for flag in ("enhance", "enhance_thinking"):
             if not isinstance(getattr(self, flag), bool):
                 raise SettingsError(f"{flag} must be true or false")
@@ -106,7 +110,7 @@ class GenerationSettings:
         _check_float(self.seed_variance_fraction, "seed variance fraction", 0.0, 1.0)
         _check_float(self.seed_variance_steps, "seed variance steps", 0.0, 1.0)
         self._validate_control()
-        return self
+        return self if loras == self.loras else dataclasses.replace(self, loras=loras)
 
     def _validate_control(self) -> None:
         for value, name in ((self.control_image, "control image"), (self.mask, "mask")):
@@ -128,6 +132,16 @@ class GenerationSettings:
             raise SettingsError("a mask needs a control image: the picture whose masked part is repainted")
         if self.control_mode == "none" and self.control_image and not self.mask:
             raise SettingsError("control mode 'none' (no control map) is for inpainting: give a mask too")
+
+    @property
+    def cfg_on(self) -> bool:
+        """Classifier-free guidance runs (a second, negative pass per step)."""
+        return self.guidance_scale > 0
+
+    @property
+    def nag_on(self) -> bool:
+        """NAG runs: guidance is off, its scale is above 1 and there is a negative prompt."""
+        return not self.cfg_on and self.nag_scale > 1 and bool(self.negative_prompt.strip())
 
     def with_seed(self) -> "GenerationSettings":
         """A copy with a concrete seed (a random one for -1)."""
@@ -269,10 +283,12 @@ def parse_lora_arg(text: str) -> dict:
 
 def lora_strength_at(item: dict, step: int, steps: int) -> float:
     """The strength of a LoRA entry at step `step` (0-based) of `steps`."""
+    from engine.sampling.windows import segment
+
     schedule = item.get("schedule")
     if not schedule:
         return item["strength"]
-    return item["strength"] * schedule[min(len(schedule) - 1, step * len(schedule) // max(1, steps))]
+    return item["strength"] * schedule[segment(step, steps, len(schedule))]
 
 
 def _is_number(text: str) -> bool:

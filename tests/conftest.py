@@ -44,8 +44,9 @@ def engine(tiny_model_json):
     from engine.engine import Engine
     from engine.weights.files import FileLocator
     from engine.registry import Registry
+    from models import families
 
-    return Engine(Registry(extra_files=[tiny_model_json[0]]), FileLocator(offline=True))
+    return Engine(Registry(families(), extra_files=[tiny_model_json[0]]), FileLocator(offline=True))
 
 
 def pytest_configure(config):

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from models.z_image.tiny import state_dict_for_file
+from engine.weights.assign import state_dict_for_file
 
 
 def _fused_attention_keys(sd: dict, prefix: str, rename) -> dict:

@@ -21,8 +21,9 @@ def generate(model_json: Path, **options):
     from engine.weights.files import FileLocator
     from engine.load_options import LoadOptions
     from engine.registry import Registry
+    from models import families
 
-    engine = Engine(Registry(extra_files=[model_json]), FileLocator(offline=True), options=LoadOptions(**options))
+    engine = Engine(Registry(families(), extra_files=[model_json]), FileLocator(offline=True), options=LoadOptions(**options))
     s = engine.settings_for(model_json.stem, prompt="a red fox", seed=11, width=256, height=256,
                             num_inference_steps=3)
     return np.asarray(engine.generate(s)[0].image)
@@ -39,7 +40,7 @@ def main(model_json: Path, work: Path) -> None:
     from engine.placement import offload
     from engine.weights import quantization as Q
     from models.z_image import loader, tiny
-    from models.z_image.tiny import state_dict_for_file
+    from engine.weights.assign import state_dict_for_file
 
     found = {}
     int8_tr = work / "ours_quanto_bf16_int8.safetensors"

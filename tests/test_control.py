@@ -14,7 +14,7 @@ from engine.errors import ModelFileError, SettingsError, UserError
 from models.z_image import control_keys as CK
 from models.z_image import tiny
 from models.z_image.control_loader import load_control
-from models.z_image.tiny import state_dict_for_file
+from engine.weights.assign import state_dict_for_file
 from tests import layouts
 
 VERSIONS = {"1.0": "z_image_control", "2.0": "z_image_control2", "2.1": "z_image_control2_1"}
@@ -31,6 +31,7 @@ def ctl(tmp_path_factory):
     from engine.engine import Engine
     from engine.weights.files import FileLocator
     from engine.registry import Registry
+    from models import families
 
     folder = tmp_path_factory.mktemp("ctl")
     parts = {"transformer": tiny.make_transformer(n_layers=6, refiner_layers=2),
@@ -53,7 +54,7 @@ def ctl(tmp_path_factory):
     mask = np.zeros((256, 256), np.uint8)
     mask[:, 128:] = 255  # repaint the right half
     Image.fromarray(mask).save(folder / "mask.png")
-    engine = Engine(Registry(extra_files=defs), FileLocator(checkpoints=folder / "ckpts", offline=True))
+    engine = Engine(Registry(families(), extra_files=defs), FileLocator(checkpoints=folder / "ckpts", offline=True))
     return dict(folder=folder, parts=parts, tok=tok, controls=controls, engine=engine,
                 picture=str(folder / "picture.png"), mask=str(folder / "mask.png"))
 

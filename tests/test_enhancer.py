@@ -165,7 +165,7 @@ def test_wrong_shape_encoder_or_vae_refused(engine, tmp_path, tiny_model_json):
     save_file(tiny.state_dict_for_file(small_vae), str(tmp_path / "vae3.safetensors"))
     for override, message in [({"text_encoder_URLs": str(tmp_path / "wide.safetensors")}, "width 48"),
                               ({"vae_URLs": str(tmp_path / "vae3.safetensors")}, "4x")]:
-        eng = Engine(engine.registry, engine.locator, overrides=override)
+        eng = Engine(engine.registry, engine.locator, components=override)
         with pytest.raises(ModelFileError, match=message):
             eng.load("z_image_tiny_test")
 
@@ -176,7 +176,7 @@ def test_alternative_encoder_is_used(engine, tmp_path):
 
     other = tiny.make_text_encoder(seed=99)
     save_file(tiny.state_dict_for_file(other), str(tmp_path / "other.safetensors"))
-    eng = Engine(engine.registry, engine.locator, overrides={"text_encoder_URLs": str(tmp_path / "other.safetensors")})
+    eng = Engine(engine.registry, engine.locator, components={"text_encoder_URLs": str(tmp_path / "other.safetensors")})
     s = engine.settings_for("z_image_tiny_test", prompt="same prompt", seed=2, num_inference_steps=2)
     assert not np.array_equal(image(eng, s), image(engine, s))
     assert eng.model.files["text_encoder"].endswith("other.safetensors")

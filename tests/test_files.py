@@ -7,6 +7,7 @@ import pytest
 from engine.errors import DownloadError, ModelDefinitionError
 from engine.weights.files import FileLocator, parse_ref
 from engine.registry import ROOT, Registry
+from models import families
 from tests import layouts
 
 
@@ -25,7 +26,7 @@ def test_comfyui_folder_used_in_place(tmp_path, tiny_models, tiny_tokenizer):
     comfy = layouts.write_comfyui(tmp_path / "comfy", tiny_models)
     ckpts = tmp_path / "ckpts"
     tiny_tokenizer.save_pretrained(str(ckpts / "Qwen3"))  # tokenizer where the default JSON expects it
-    reg = Registry()
+    reg = Registry(families())
     status = {s.component: s.path for s in reg.handler("z_image").file_status(
         reg.get("z_image"), FileLocator(ckpts, comfy, offline=True))}
     assert status["transformer"] == comfy / "diffusion_models/z_image_turbo_bf16.safetensors"
@@ -40,7 +41,7 @@ def test_checkpoints_folder_like_wan2gp(tmp_path):
     (ckpts / "ZImageTurbo_bf16.safetensors").write_bytes(b"x")
     (ckpts / "Qwen3" / "qwen3_bf16.safetensors").write_bytes(b"x")
     (ckpts / "Qwen3" / "tokenizer_config.json").write_text("{}")
-    reg = Registry()
+    reg = Registry(families())
     status = {s.component: s.path for s in reg.handler("z_image").file_status(reg.get("z_image"),
                                                                               FileLocator(ckpts, offline=True))}
     assert status["transformer"] == ckpts / "ZImageTurbo_bf16.safetensors"
@@ -53,7 +54,7 @@ def test_model_json_pointing_at_diffusers_repo(tmp_path, tiny_models, tiny_token
     repo = layouts.write_diffusers_repo(tmp_path / "Z-Image-Turbo", tiny_models, tiny_tokenizer)
     path = tmp_path / "from_repo.json"
     path.write_text(json.dumps({"model": {"architecture": "z_image", "URLs": str(repo)}, "resolution": "256x256"}))
-    reg = Registry(folders=[ROOT / "defaults"], extra_files=[path])
+    reg = Registry(families(), folders=[ROOT / "defaults"], extra_files=[path])
     status = {s.component: s.path for s in reg.handler("from_repo").file_status(reg.get("from_repo"),
                                                                                 FileLocator(offline=True))}
     assert status == {"transformer": repo / "transformer", "text_encoder": repo / "text_encoder",
@@ -70,7 +71,7 @@ def test_all_in_one_file_serves_every_component(tmp_path, tiny_models, tiny_toke
     path = tmp_path / "aio_type.json"
     path.write_text(json.dumps({"model": {"architecture": "z_image", "URLs": str(aio),
                                           "tokenizer": str(tmp_path / "tok")}, "resolution": "256x256"}))
-    eng = Engine(Registry(folders=[], extra_files=[path]), FileLocator(offline=True))
+    eng = Engine(Registry(families(), folders=[], extra_files=[path]), FileLocator(offline=True))
     s = eng.settings_for("aio_type", prompt="x", seed=1, num_inference_steps=2)
     img = np.asarray(eng.generate(s)[0].image)
     assert img.shape == (256, 256, 3)
@@ -115,6 +116,6 @@ def test_missing_local_file_named(tmp_path, engine):
     path.write_text(json.dumps({"model": {"architecture": "z_image", "URLs": str(tmp_path / "nope.safetensors"),
                                           "text_encoder_URLs": "z_image", "vae_URLs": "z_image",
                                           "tokenizer": "z_image"}}))
-    eng = Engine(Registry(extra_files=[path]), FileLocator(tmp_path / "ck", offline=True))
+    eng = Engine(Registry(families(), extra_files=[path]), FileLocator(tmp_path / "ck", offline=True))
     with pytest.raises(UserError, match="nope.safetensors"):
         eng.generate(eng.settings_for("gone", prompt="x"))

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from app.cli import build_parser, main, settings_from_args
+from app.cli import build_parser, main
+from app.cli.generate import settings_from_args
 
 
 def test_flags_reach_the_settings(engine, tiny_model_json):

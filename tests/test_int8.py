@@ -15,9 +15,10 @@ from engine.errors import ModelFileError, UserError
 from engine.weights.files import FileLocator
 from engine.load_options import LoadOptions
 from engine.registry import ROOT, Registry
+from models import families
 from engine.weights.safetensors_io import load_tensors, read_header
 from models.z_image import loader
-from models.z_image.tiny import state_dict_for_file
+from engine.weights.assign import state_dict_for_file
 from tests import layouts
 
 TYPE = "z_image_tiny_int8"
@@ -35,7 +36,7 @@ def images(engine, **overrides):
 
 
 def make_engine(finetunes, checkpoints, **options):
-    registry = Registry((ROOT / "defaults", finetunes))
+    registry = Registry(families(), (ROOT / "defaults", finetunes))
     return Engine(registry, FileLocator(checkpoints, offline=True), options=LoadOptions(**options))
 
 

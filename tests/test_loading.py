@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from engine.errors import ModelFileError
 from models.z_image import loader
-from models.z_image.tiny import state_dict_for_file
+from engine.weights.assign import state_dict_for_file
 from tests import layouts
 
 

@@ -131,11 +131,12 @@ def test_changing_load_options_drops_the_loaded_model(engine):
     s = engine.settings_for("z_image_tiny_test", prompt="x", seed=1, width=256, height=256, num_inference_steps=1)
     engine.generate(s)
     loaded = engine.model
-    engine.configure(attention="sdpa")  # unchanged: kept
-    assert engine.model is loaded
-    engine.configure(transformer_quantization="bf16")
-    assert engine.model is None and engine.options.transformer_quantization == "bf16"
-    engine.configure(transformer_quantization="auto")
+    same = engine.options.replace(attention="sdpa")  # unchanged: kept
+    assert engine.load("z_image_tiny_test", options=same) is loaded
+    other = engine.options.replace(transformer_quantization="bf16")  # a job asking for other files reloads
+    assert engine.load("z_image_tiny_test", options=other) is not loaded
+    assert engine.options.transformer_quantization == "auto"  # for that job only: the engine's own are kept
+    assert engine.load("z_image_tiny_test") is not engine.load("z_image_tiny_test", options=other)
 
 
 def test_memory_report_resets_between_stages():

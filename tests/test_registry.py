@@ -6,6 +6,7 @@ import pytest
 
 from engine.errors import ModelDefinitionError
 from engine.registry import ROOT, Registry
+from models import families
 
 SHIPPED = ["z_image", "z_image_base", "z_image_control", "z_image_control2", "z_image_control2_1",
            "z_image_twinflow_turbo"]
@@ -17,7 +18,7 @@ def write(folder, name, data):
 
 
 def test_shipped_types_and_defaults():
-    reg = Registry()
+    reg = Registry(families())
     assert set(SHIPPED) <= set(reg.types)
     turbo = reg.default_settings("z_image")
     assert (turbo.num_inference_steps, turbo.guidance_scale, turbo.flow_shift) == (8, 0.0, 3.0)
@@ -30,7 +31,7 @@ def test_shipped_types_and_defaults():
 
 
 def test_reference_to_another_type_reuses_files():
-    reg = Registry()
+    reg = Registry(families())
     assert reg.get("z_image_control").model["URLs"] == reg.get("z_image").model["URLs"]
     assert reg.get("z_image_base").model["text_encoder_URLs"] == reg.get("z_image").model["text_encoder_URLs"]
 
@@ -40,10 +41,10 @@ def test_finetune_overrides_field_by_field(tmp_path):
     write(tmp_path / "fin", "my_type", {"model": {"architecture": "z_image", "URLs": "/x/t.safetensors",
                                                   "text_encoder_URLs": "z_image", "vae_URLs": "z_image",
                                                   "tokenizer": "z_image"}})
-    reg = Registry(folders=[ROOT / "defaults", tmp_path / "fin"])
+    reg = Registry(families(), folders=[ROOT / "defaults", tmp_path / "fin"])
     turbo = reg.get("z_image")
     assert turbo.name == "My Turbo"
-    assert turbo.model["URLs"] == Registry().get("z_image").model["URLs"]  # untouched fields kept
+    assert turbo.model["URLs"] == Registry(families()).get("z_image").model["URLs"]  # untouched fields kept
     assert reg.default_settings("z_image").num_inference_steps == 6
     assert reg.default_settings("z_image").guidance_scale == 0.0
     assert reg.get("my_type").model["vae_URLs"] == turbo.model["vae_URLs"]
@@ -60,20 +61,20 @@ def test_finetune_overrides_field_by_field(tmp_path):
 def test_bad_model_json(tmp_path, data, message):
     write(tmp_path, "bad", data)
     with pytest.raises(ModelDefinitionError, match=message):
-        Registry(folders=[tmp_path])
+        Registry(families(), folders=[tmp_path])
 
 
 def test_invalid_json_and_loops(tmp_path):
     (tmp_path / "broken.json").write_text("{ not json")
     with pytest.raises(ModelDefinitionError, match="not valid JSON"):
-        Registry(folders=[tmp_path])
+        Registry(families(), folders=[tmp_path])
     (tmp_path / "broken.json").unlink()
     write(tmp_path, "a", {"model": {"architecture": "z_image", "URLs": "b"}})
     write(tmp_path, "b", {"model": {"architecture": "z_image", "URLs": "a"}})
     with pytest.raises(ModelDefinitionError, match="loop"):
-        Registry(folders=[tmp_path])
+        Registry(families(), folders=[tmp_path])
 
 
 def test_unknown_type():
     with pytest.raises(ModelDefinitionError, match="unknown model type 'nope'.*z_image"):
-        Registry().get("nope")
+        Registry(families()).get("nope")

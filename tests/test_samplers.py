@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from engine.sampling.samplers import SAMPLERS, passes_per_image
-from engine.sampling.schedules import SCHEDULES, beta, rescale, sgm_uniform, shifted_simple, step_index, warp
+from engine.sampling.schedules import SCHEDULES, beta, rescale, sgm_uniform, shifted_simple, warp
+from engine.sampling.windows import step_of as step_index
 from tests.latents import latents
 
 FLOW_SAMPLERS = [name for name, info in SAMPLERS.items() if not info.time_target]

@@ -79,6 +79,7 @@ def twin_engine(tmp_path_factory):
     from engine.engine import Engine
     from engine.weights.files import FileLocator
     from engine.registry import Registry
+    from models import families
     from models.z_image.tiny import write_test_model
 
     folder = tmp_path_factory.mktemp("twinflow")
@@ -90,7 +91,7 @@ def twin_engine(tmp_path_factory):
     plain = write_test_model(folder / "plain", name="not_twinflow_test")  # a Turbo file under TwinFlow's type
     data["model"]["URLs"] = str(plain.parent / "transformer.safetensors")
     (folder / "not_twinflow_test.json").write_text(json.dumps(data))
-    return Engine(Registry(extra_files=[path, folder / "not_twinflow_test.json"]), FileLocator(offline=True))
+    return Engine(Registry(families(), extra_files=[path, folder / "not_twinflow_test.json"]), FileLocator(offline=True))
 
 
 def test_unified_sampler_generation(twin_engine):

@@ -14,7 +14,8 @@ from gradio_client import Client  # noqa: E402
 from gradio_client.utils import Status  # noqa: E402
 
 from engine.outputs import read_png_settings  # noqa: E402
-from app.web.page import AppUI, build_ui  # noqa: E402
+from app.web.handlers import AppUI  # noqa: E402
+from app.web.page import build_ui  # noqa: E402
 from app.web.fields import FIELDS  # noqa: E402
 from tests.test_lora_engine import lora_engine  # noqa: E402,F401  (fixture: a LoRA folder for the tiny model)
 
@@ -89,7 +90,7 @@ def test_stop_mid_run_then_ready(server):
     job = c.submit(prompt="long", model_type="z_image_tiny_test",
                    settings=settings_json(num_inference_steps=200, width=512, height=512), api_name="/txt2img")
     deadline = time.time() + 60
-    while demo.zimage_app.runner._owner is None and time.time() < deadline:
+    while demo.zimage_app.jobs.running is None and time.time() < deadline:
         time.sleep(0.1)
     started = time.time()
     assert c.predict(api_name="/stop") is True
@@ -104,7 +105,7 @@ def test_stop_from_another_session_does_not_stop(server):
     demo, url, _ = server
     job = client(url).submit(prompt="mine", model_type="z_image_tiny_test",
                              settings=settings_json(num_inference_steps=20), api_name="/txt2img")
-    while demo.zimage_app.runner._owner is None and not job.done():
+    while demo.zimage_app.jobs.running is None and not job.done():
         time.sleep(0.05)
     assert client(url).predict(api_name="/stop") is False
     assert job.result()
@@ -125,35 +126,36 @@ class FakeRequest:
 
 
 def values_for(app, model_type, **changes):
+    """The page's values by field name, as the page sends them."""
     s = app.engine.settings_for(model_type, **changes)
-    return [getattr(s, spec.name) for spec in FIELDS]
+    return {spec.name: getattr(s, spec.name) for spec in FIELDS}
 
 
 def test_generate_streams_progress_and_previews(engine, tmp_path, monkeypatch):
-    import app.web.page as page_module
+    import app.web.handlers as page_module
 
     monkeypatch.setattr(page_module, "PREVIEW_INTERVAL", 0.0)  # as with a real model, whose steps take seconds
     monkeypatch.setattr(page_module, "PROGRESS_INTERVAL", 0.0)
     app = AppUI(engine, tmp_path / "out", tmp_path / "mem.json")
     progress = FakeProgress()
-    steps = list(app.generate("z_image_tiny_test", *values_for(app, "z_image_tiny_test", prompt="a cat", seed=1,
-                                                                  num_inference_steps=4, count=2),
+    steps = list(app.generate("z_image_tiny_test", values_for(app, "z_image_tiny_test", prompt="a cat", seed=1,
+                                                                 num_inference_steps=4, count=2),
                               request=FakeRequest(), progress=progress))
-    previews = [s[0] for s in steps if isinstance(s[0], Image.Image)]
+    previews = [s["preview"] for s in steps if isinstance(s.get("preview"), Image.Image)]
     assert len(previews) == 8  # a live preview every step of both runs
     assert progress.calls[0][0] == 0  # the first update comes before loading
     assert [c[0] for c in progress.calls[1:]] == [(i, 8) for i in range(1, 9)]
-    gallery, used = steps[-1][1], steps[-1][3]
+    gallery, used = steps[-1]["gallery"], steps[-1]["used"]
     assert len(gallery) == 2 and used["seed"] == 1
     assert Image.open(gallery[0][0]).size == (256, 256)
     assert app.memory.get("z_image_tiny_test")["prompt"] == "a cat"  # remembered for next time
     monkeypatch.setattr(page_module, "PREVIEW_INTERVAL", 3600.0)
     monkeypatch.setattr(page_module, "PROGRESS_INTERVAL", 3600.0)
     progress = FakeProgress()
-    quick = list(app.generate("z_image_tiny_test", *values_for(app, "z_image_tiny_test", prompt="a cat", seed=1,
-                                                                  num_inference_steps=4), request=FakeRequest(),
+    quick = list(app.generate("z_image_tiny_test", values_for(app, "z_image_tiny_test", prompt="a cat", seed=1,
+                                                                 num_inference_steps=4), request=FakeRequest(),
                               progress=progress))
-    assert sum(isinstance(s[0], Image.Image) for s in quick) == 1  # fast steps: only the last preview is sent
+    assert sum(isinstance(s.get("preview"), Image.Image) for s in quick) == 1  # fast steps: only the last preview is sent
     assert [c[0] for c in progress.calls[1:]] == [(4, 4)]  # and the last progress update
 
 
@@ -172,37 +174,34 @@ def test_out_of_gpu_memory_frees_memory_says_what_to_try_and_keeps_serving(engin
 
     monkeypatch.setattr(engine, "generate", out_of_memory)
     with pytest.raises(gr.Error, match="Out of GPU memory at 256x256.*smaller size.*lower memory profile"):
-        list(app.generate("z_image_tiny_test", *values, request=FakeRequest(), progress=FakeProgress()))
+        list(app.generate("z_image_tiny_test", values, request=FakeRequest(), progress=FakeProgress()))
     assert engine.model is None and released  # the model and the preprocessors were let go
     monkeypatch.undo()
-    out = list(app.generate("z_image_tiny_test", *values, request=FakeRequest(), progress=FakeProgress()))
-    assert Image.open(out[-1][1][0][0]).size == (256, 256)  # the next job runs
+    out = list(app.generate("z_image_tiny_test", values, request=FakeRequest(), progress=FakeProgress()))
+    assert Image.open(out[-1]["gallery"][0][0]).size == (256, 256)  # the next job runs
 
 
 def test_capabilities_decide_visible_controls(engine, tmp_path):
     app = AppUI(engine, tmp_path, tmp_path / "mem.json")
-    names = [spec.name for spec in FIELDS]
-
     def visible(model_type):
         updates = app.field_updates(engine.settings_for(model_type))
-        return {n for n, u in zip(names, updates) if u["visible"]}
+        return {n for n, u in updates.items() if u["visible"]}
 
     assert "guidance_scale" in visible("z_image_base") and "guidance_scale" not in visible("z_image")
     assert "cfg_truncation" in visible("z_image_base") and "cfg_truncation" not in visible("z_image")
     assert "flow_shift" not in visible("z_image_twinflow_turbo")
-    steps = dict(zip(names, app.field_updates(engine.settings_for("z_image_base"))))["num_inference_steps"]
+    steps = app.field_updates(engine.settings_for("z_image_base"))["num_inference_steps"]
     assert steps["maximum"] == engine.registry.handler("z_image_base").capabilities("z_image_base").step_range[1]
 
 
 def test_switching_model_applies_defaults_then_remembered(engine, tmp_path):
     app = AppUI(engine, tmp_path, tmp_path / "mem.json")
-    names = [spec.name for spec in FIELDS]
-    base = dict(zip(names, app.on_model("z_image_base")[1:]))
+    base = app.on_model("z_image_base")
     assert base["guidance_scale"]["value"] == 4.0
     app.memory.remember(engine.settings_for("z_image_base", prompt="kept", guidance_scale=6.5))
-    again = dict(zip(names, app.on_model("z_image_base")[1:]))
+    again = app.on_model("z_image_base")
     assert again["guidance_scale"]["value"] == 6.5 and again["prompt"]["value"] == "kept"
-    typing = dict(zip(names, app.on_model("z_image_base", "what I am writing")[1:]))
+    typing = app.on_model("z_image_base", "what I am writing")
     assert typing["prompt"]["value"] == "what I am writing" and typing["guidance_scale"]["value"] == 6.5
 
 
@@ -211,8 +210,8 @@ def test_restore_every_setting_from_png(engine, tmp_path):
     s = engine.settings_for("z_image_tiny_test", prompt="restore me", seed=77, num_inference_steps=3, width=320)
     path = engine.save(engine.generate(s), tmp_path / "png")[0]
     updates = app.on_restore(str(path))
-    assert updates[0]["value"] == "z_image_tiny_test"
-    restored = {n: u["value"] for n, u in zip([f.name for f in FIELDS], updates[2:])}
+    assert updates["model_type"]["value"] == "z_image_tiny_test"
+    restored = {f.name: updates[f.name]["value"] for f in FIELDS}
     assert restored["prompt"] == "restore me" and restored["seed"] == 77 and restored["width"] == 320
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)
@@ -230,6 +229,7 @@ def test_missing_files_download_then_generate(engine, tiny_model_json, tmp_path,
     from engine.engine import Engine
     from engine.weights.files import FileLocator
     from engine.registry import Registry
+    from models import families
 
     _, folder = tiny_model_json
     hub = "https://huggingface.co/test/tiny/resolve/main/"
@@ -251,13 +251,13 @@ def test_missing_files_download_then_generate(engine, tiny_model_json, tmp_path,
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    eng = Engine(Registry(extra_files=[model_json]), FileLocator(tmp_path / "ckpts"))
+    eng = Engine(Registry(families(), extra_files=[model_json]), FileLocator(tmp_path / "ckpts"))
     app = AppUI(eng, tmp_path / "out", tmp_path / "mem.json")
     assert "to download" in app.describe("hubtiny")
-    out = list(app.generate("hubtiny", *values_for(app, "hubtiny", prompt="x", num_inference_steps=1),
+    out = list(app.generate("hubtiny", values_for(app, "hubtiny", prompt="x", num_inference_steps=1),
                             request=FakeRequest(), progress=FakeProgress()))
     assert sorted(fetched) == ["text_encoder.safetensors", "transformer.safetensors", "vae.safetensors"]
-    assert len(out[-1][1]) == 1
+    assert len(out[-1]["gallery"]) == 1
     assert "present" in app.describe("hubtiny")
 
 
@@ -298,24 +298,25 @@ def test_lora_panel_lists_folder_and_applies_picked_loras(lora_engine, tmp_path)
     from app.web.fields import rows_to_loras
 
     app = AppUI(lora_engine, tmp_path / "out", tmp_path / "mem.json")
-    choices = app.on_refresh_loras("z_image_tiny_test")[0]["choices"]
+    choices = app.on_refresh_loras("z_image_tiny_test")["lora_pick"]["choices"]
     assert choices == ["kohya.safetensors", "sub/fused.safetensors"]
-    rows = app.on_add_lora("sub/fused.safetensors", [["", None, ""]])
+    rows = app.on_add_lora("sub/fused.safetensors", [["", None, ""]])["loras"]
     assert rows == [["sub/fused.safetensors", 1.0, ""]]
     assert rows_to_loras([["a.safetensors", 0.5, "1.0,0.5"], ["", 1, ""]]) == [
         {"name": "a.safetensors", "strength": 0.5, "schedule": "1.0,0.5"}]
 
     def run(lora_rows):
         values = values_for(app, "z_image_tiny_test", prompt="a lantern", seed=4, num_inference_steps=2)
-        values[[f.name for f in FIELDS].index("loras")] = lora_rows
-        out = list(app.generate("z_image_tiny_test", *values, request=FakeRequest(), progress=FakeProgress()))
-        return np.asarray(Image.open(out[-1][1][0][0])), out[-1][3]
+        values["loras"] = lora_rows
+        out = list(app.generate("z_image_tiny_test", values, request=FakeRequest(), progress=FakeProgress()))
+        return np.asarray(Image.open(out[-1]["gallery"][0][0])), out[-1]["used"]
 
     plain, _ = run([])
     with_lora, used = run(rows)
     assert not np.array_equal(plain, with_lora)
     assert used["loras"][0]["name"] == "sub/fused.safetensors"
-    path = app.on_save_preset("z_image_tiny_test", "my set", rows, "lantern light")
+    path = app.on_save_preset("z_image_tiny_test", "my set", rows, "lantern light")["preset_pick"]
     assert path["value"] == "my set"
-    loaded_rows, prompt = app.on_load_preset("z_image_tiny_test", "my set", "a boat")
+    loaded = app.on_load_preset("z_image_tiny_test", "my set", "a boat")
+    loaded_rows, prompt = loaded["loras"], loaded["prompt"]
     assert loaded_rows == [["sub/fused.safetensors", 1.0, ""]] and prompt == "a boat, lantern light"

@@ -45,7 +45,7 @@ def parse_logins(auth: str | None, auth_file: str | None) -> list[tuple[str, str
 
 def launch(args, block: bool = True):
     """Serve the UI; with block=False (tests) return the running Blocks instead of waiting."""
-    from app.cli import make_engine
+    from app.setup import make_engine
     from app.web.page import build_ui
 
     engine = make_engine(args)

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import torch
 
-from engine.sampling.schedules import step_index
-
+from engine.sampling.windows import step_of
 from engine.settings import lora_strength_at
 
 
@@ -113,7 +112,7 @@ def scheduled(model_fn, stack: LoraStack | None, items: list[dict], sigmas: torc
     steps = len(sigmas) - 1
 
     def model_fn_with_loras(x, sigma, *rest):
-        i = step_index(sigmas, sigma)
+        i = step_of(sigmas, sigma)
         stack.set_strengths({it["name"]: lora_strength_at(it, i, steps) for it in items})
         return model_fn(x, sigma, *rest)
 

@@ -77,10 +77,3 @@ TWINFLOW_PRESETS = {1: (0.001, 0.6), 2: (0.001, 0.6), 3: (0.001, 0.5), 4: (0.001
 
 # name -> f(steps, shift)
 SCHEDULES = {"simple": shifted_simple, "beta": beta, "sgm_uniform": sgm_uniform}
-
-
-def step_index(schedule: torch.Tensor, value) -> int:
-    """The step a model call at time/sigma `value` belongs to, for a descending schedule: the last point at
-    or above it (a stage between points i and i + 1 is step i; a call exactly at point i is step i)."""
-    at_or_above = schedule[:-1] >= float(value) - 1e-7
-    return min(max(0, int(at_or_above.sum()) - 1), len(schedule) - 2)

@@ -50,3 +50,11 @@ def assign_weights(model, tensors: dict, dtype: torch.dtype, tied=()) -> None:
 
 def _few(names, n: int = 3) -> str:
     return ", ".join(names[:n]) + (f", ... (+{len(names) - n})" if len(names) > n else "")
+
+
+def state_dict_for_file(model) -> dict:
+    """Contiguous tensors, a tied output head left out (as the real encoder files do)."""
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+        sd.pop("lm_head.weight", None)
+    return sd

@@ -20,6 +20,11 @@ TRANSFORMER_DEFAULTS = dict(
 )
 TRANSFORMER_FIELDS = set(TRANSFORMER_DEFAULTS) | {"siglip_feat_dim"}
 
+# component -> the model JSON field listing its files ("control" only where the type has "modules");
+# the JSON keys are Wan2GP's, shared with its model JSONs
+COMPONENT_FIELDS = {"transformer": "URLs", "control": "modules", "text_encoder": "text_encoder_URLs",
+                    "vae": "vae_URLs", "tokenizer": "tokenizer"}
+
 
 def load_asset(name: str) -> dict:
     return json.loads((ASSETS / name).read_text())

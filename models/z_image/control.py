@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.sampling.windows import StepWindow
 from engine.settings import GenerationSettings
 from models.z_image.control_keys import REFINER_PLAIN, REFINER_REPEAT, ControlSpec
 
@@ -242,17 +243,12 @@ class ControlHooks:
         self._refiner = self._main = self._carried = None
 
 
-def active_at(sigma, sigmas: torch.Tensor, start: float, end: float) -> bool:
-    """Whether the step containing `sigma` lies within [start, end] of the steps (diffusers' convention)."""
-    n = len(sigmas) - 1
-    step = int((sigmas[:-1] >= float(sigma) - 1e-6).sum()) - 1
-    return not (step / n < start - 1e-9 or (step + 1) / n > end + 1e-9)
-
-
 def with_control(model_fn, hooks: ControlHooks, settings: GenerationSettings, sigmas: torch.Tensor):
-    """model_fn with the control hints at `control_weight` on the steps in [control_start, control_end]."""
+    """model_fn with the control hints at `control_weight` on the steps in [control_start, control_end)."""
+    window = StepWindow(settings.control_start, settings.control_end)
+
     def fn(x, sigma):
-        on = settings.control_weight > 0 and active_at(sigma, sigmas, settings.control_start, settings.control_end)
+        on = settings.control_weight > 0 and window.covers_call(sigmas, sigma)
         hooks.scale = settings.control_weight if on else 0.0
         try:
             return model_fn(x, sigma)

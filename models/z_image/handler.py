@@ -12,7 +12,7 @@ from engine.weights.files import FileLocator, as_list, parse_ref
 from engine.load_options import LoadOptions
 from engine.settings import GenerationSettings
 from models.z_image import keys as K
-from models.z_image.config import VAE_SCALE
+from models.z_image.config import COMPONENT_FIELDS, VAE_SCALE
 
 # Control modes offered: preprocessors (pose, canny, depth, gray), a ready map (raw: HED, MLSD, scribble,
 # tile, ...), and for 2.x inpainting without a map (none).
@@ -45,9 +45,6 @@ DEFAULTS = {
     "z_image_twinflow_turbo": dict(num_inference_steps=2, guidance_scale=0.0, flow_shift=3.0, **_NAG),
 }
 
-# component -> model JSON field ("control" only where the type has "modules")
-COMPONENTS = {"transformer": "URLs", "control": "modules", "text_encoder": "text_encoder_URLs",
-              "vae": "vae_URLs", "tokenizer": "tokenizer"}
 QUANTIZABLE = ("transformer", "control", "text_encoder")  # components with INT8 / bf16 alternatives
 
 
@@ -107,9 +104,9 @@ class ZImageHandler:
         """Warnings about settings that will have no effect."""
         caps, notes = CAPABILITIES[arch], []
         negative = bool(settings.negative_prompt.strip())
-        if negative and not caps.cfg and settings.nag_scale <= 1:
+        if negative and not caps.cfg and not settings.nag_on:
             notes.append(f"the negative prompt has no effect on {arch} while NAG is off: set a NAG scale above 1")
-        if negative and settings.nag_scale > 1 and settings.guidance_scale > 0:
+        if negative and settings.nag_scale > 1 and settings.cfg_on:
             notes.append("NAG is off while CFG is on (guidance above 0): the negative prompt goes through CFG")
         if not caps.schedulers and (settings.scheduler != "simple" or settings.sigma_rescale != 1):
             notes.append(f"the {settings.sampler} sampler uses its own schedule: scheduler and sigma rescale "
@@ -127,7 +124,7 @@ class ZImageHandler:
         """Each component: where it is on disk, or what would be downloaded (INT8 or bf16 as `options` ask)."""
         options = options or LoadOptions()
         found: dict[str, ComponentStatus] = {}
-        for comp, field_name in COMPONENTS.items():
+        for comp, field_name in COMPONENT_FIELDS.items():
             if comp != "control" or field_name in model_def.model:
                 found[comp] = self._locate(model_def, comp, field_name, locator, found, options.quantization(comp))
         return list(found.values())
@@ -166,7 +163,7 @@ class ZImageHandler:
         """For the UI: the file kinds ("int8", "bf16") each quantizable component offers, in listed order."""
         choices = {}
         for comp in QUANTIZABLE:
-            field_name = COMPONENTS[comp]
+            field_name = COMPONENT_FIELDS[comp]
             refs = [parse_ref(r) for r in as_list(model_def.model.get(field_name))]
             comfy = as_list(model_def.model.get("comfyui", {}).get(field_name))
             kinds = [Q.kind_of(r.filename, locator.local_path(r)) for r in refs]
@@ -254,7 +251,7 @@ class ZImageHandler:
 
         from engine.weights.safetensors_io import read_header
         from models.z_image import loader
-        from models.z_image.tiny import state_dict_for_file
+        from engine.weights.assign import state_dict_for_file
 
         unknown = sorted(set(components) - {"transformer", "text_encoder"})
         if unknown:
@@ -268,7 +265,7 @@ class ZImageHandler:
             single = source.is_file() and K.components_in(read_header(source).tensors) == [comp]
             target = Path(folder) / Q.int8_file_name(source.name if single else f"{model_def.type}_{comp}")
             if target.exists():
-                done.append(QuantizedFile(comp, COMPONENTS[comp], target, False, source))
+                done.append(QuantizedFile(comp, COMPONENT_FIELDS[comp], target, False, source))
                 continue
             if comp == "transformer":
                 model = loader.load_transformer(source, model_def.model.get("config", {}), torch.bfloat16)
@@ -280,9 +277,18 @@ class ZImageHandler:
             tensors = Q.quantized_state_dict(state_dict_for_file(model), modules)
             Path(folder).mkdir(parents=True, exist_ok=True)
             Q.save_atomically(tensors, target, Q.int8_metadata(modules, config))
-            done.append(QuantizedFile(comp, COMPONENTS[comp], target, True, source))
+            done.append(QuantizedFile(comp, COMPONENT_FIELDS[comp], target, True, source))
             del model, tensors
         return done
+
+    @staticmethod
+    def write_test_models(folder: Path) -> list[tuple[Path, str]]:
+        """Tiny random-weight models of this family (they draw noise) with their model JSONs, for trying the
+        app offline: [(model JSON, what it is)]."""
+        from models.z_image.tiny import write_control_test_model, write_test_model
+
+        return [(write_test_model(Path(folder)), "a tiny random-weight test model (it draws noise, not pictures)"),
+                (write_control_test_model(Path(folder)), "a tiny control model (Fun-ControlNet-Union 2.1, inpaint)")]
 
     @staticmethod
     def preview(model, latents):

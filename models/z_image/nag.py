@@ -151,9 +151,6 @@ class NegativeAttentionGuidance:
         self._refined = None
         self.guided_passes = 0  # for tests and the benchmark
 
-    def covers(self, step: int, total: int) -> bool:
-        return self.start <= step / total < self.end
-
     def refined(self) -> torch.Tensor:
         """The negative [Ln, dim] after the caption embedder and context refiner."""
         if self._refined is None:
@@ -185,12 +182,12 @@ class NegativeAttentionGuidance:
     def wrap(self, model_fn, schedule: torch.Tensor):
         """model_fn(x, time, *rest) with NAG on the covered steps; `schedule` is the sampler's descending
         sigmas or times, used to tell which step a call belongs to."""
-        from engine.sampling.schedules import step_index
+        from engine.sampling.windows import StepWindow
 
-        total = len(schedule) - 1
+        window = StepWindow(self.start, self.end)
 
         def guided(x, time, *rest):
-            if not self.covers(step_index(schedule, time), total):
+            if not window.covers_call(schedule, time):
                 return model_fn(x, time, *rest)
             with self.applied():
                 return model_fn(x, time, *rest)

@@ -14,7 +14,8 @@ import torch
 from engine.lora.apply import scheduled
 from engine.placement.memory import MemoryMonitor, log_report
 from engine.sampling.samplers import SAMPLERS
-from engine.sampling.schedules import SCHEDULES, rescale, step_index, twinflow_times
+from engine.sampling.schedules import SCHEDULES, rescale, twinflow_times
+from engine.sampling.windows import StepWindow
 from engine.settings import GenerationSettings
 from models.z_image.config import VAE_SCALE
 from models.z_image.control import add_control, output_size
@@ -101,8 +102,8 @@ def varied_captions(cond: torch.Tensor, settings: GenerationSettings, seed: int,
     keep = torch.rand(shape, generator=gen) < settings.seed_variance_fraction
     scale = settings.seed_variance * cond.float().std().cpu()
     varied = [cond + (noise[b] * keep[b] * scale).to(cond.device, cond.dtype) for b in range(shape[0])]
-    noisy_steps = settings.seed_variance_steps * (len(schedule) - 1)
-    return lambda sigma: varied if step_index(schedule, sigma) < noisy_steps else plain
+    window = StepWindow(0.0, settings.seed_variance_steps)
+    return lambda sigma: varied if window.covers_call(schedule, sigma) else plain
 
 
 def make_model_fn(model: ZImageModel, settings: GenerationSettings, captions, uncond):
@@ -113,7 +114,7 @@ def make_model_fn(model: ZImageModel, settings: GenerationSettings, captions, un
     def model_fn(x, sigma):
         batch = x.shape[0]
         cond = captions(sigma)
-        if uncond is None or w <= 0 or (1 - float(sigma)) > settings.cfg_truncation:
+        if uncond is None or not settings.cfg_on or (1 - float(sigma)) > settings.cfg_truncation:
             return flow(model, x, sigma, cond)
         both = flow(model, torch.cat([x, x]), sigma, cond + [uncond] * batch)
         pos, neg = both[:batch], both[batch:]
@@ -144,11 +145,6 @@ def decode(model: ZImageModel, latents: torch.Tensor) -> list:
     return [Image.fromarray((a * 255).round().astype("uint8")) for a in arr]
 
 
-def nag_wanted(settings: GenerationSettings) -> bool:
-    """NAG runs where guidance is off, its scale is above 1 and there is a negative prompt."""
-    return settings.guidance_scale <= 0 and settings.nag_scale > 1 and bool(settings.negative_prompt.strip())
-
-
 def schedule_for(settings: GenerationSettings, device) -> torch.Tensor:
     """The sampler's descending sigmas (flow samplers, on `device`) or times (TwinFlow), ending at 0."""
     if SAMPLERS[settings.sampler].time_target:
@@ -159,7 +155,7 @@ def schedule_for(settings: GenerationSettings, device) -> torch.Tensor:
 
 def make_nag(model: ZImageModel, settings: GenerationSettings, negative):
     """NAG for this generation, or None; it refines the negative caption once and serves every run."""
-    if not nag_wanted(settings):
+    if not settings.nag_on:
         return None
     from models.z_image.nag import NegativeAttentionGuidance
 
@@ -175,7 +171,7 @@ def compose_model_fn(model: ZImageModel, settings: GenerationSettings, captions,
     if SAMPLERS[settings.sampler].time_target:
         model_fn = make_twinflow_fn(model, captions)
     else:
-        model_fn = make_model_fn(model, settings, captions, negative if settings.guidance_scale > 0 else None)
+        model_fn = make_model_fn(model, settings, captions, negative if settings.cfg_on else None)
     if nag is not None:
         model_fn = nag.wrap(model_fn, schedule)
     model_fn = add_control(model, settings, schedule, model_fn)
@@ -187,7 +183,7 @@ def generate(model: ZImageModel, settings: GenerationSettings, callback=None) ->
     """All images for `settings` (count runs of batch_size images, seeds seed, seed+1, ...)."""
     settings = output_size(settings.with_seed())  # control_fit "image" takes the control image's aspect ratio
     memory = MemoryMonitor(model.device)
-    with_negative = settings.guidance_scale > 0 or nag_wanted(settings)
+    with_negative = settings.cfg_on or settings.nag_on
     prompts = [settings.prompt] + ([settings.negative_prompt] if with_negative else [])
     with memory.stage("text encoding"):
         feats = model.encoder.encode(prompts, settings.text_hidden_layer)

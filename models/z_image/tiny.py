@@ -11,6 +11,9 @@ from pathlib import Path
 
 import torch
 
+from engine.weights.assign import state_dict_for_file
+from models.z_image.config import COMPONENT_FIELDS
+
 # A Qwen3-style chat template: enable_thinking=True (what Z-Image uses) adds no think block.
 CHAT_TEMPLATE = (
     "{%- for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
@@ -86,21 +89,11 @@ def make_tokenizer():
     return tok
 
 
-def state_dict_for_file(model) -> dict:
-    """Contiguous tensors, a tied output head left out (as the real encoder files do)."""
-    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
-        sd.pop("lm_head.weight", None)
-    return sd
-
-
 def write_parts(folder, parts: dict, dtype=None, suffix: str = "") -> dict:
     """Each model of `parts` ({"transformer": ..., "text_encoder": ..., "vae": ...}) as one safetensors file
     with diffusers names, <folder>/<part><suffix>.safetensors (cast to `dtype` if given), and a tokenizer
     folder; returns the model JSON fields naming them."""
     from safetensors.torch import save_file
-
-    from models.z_image.handler import COMPONENTS
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -111,9 +104,9 @@ def write_parts(folder, parts: dict, dtype=None, suffix: str = "") -> dict:
             sd = {k: v.to(dtype) for k, v in sd.items()}
         path = folder / f"{part}{suffix}.safetensors"
         save_file(sd, str(path))
-        fields[COMPONENTS[part]] = str(path.resolve())
+        fields[COMPONENT_FIELDS[part]] = str(path.resolve())
     make_tokenizer().save_pretrained(str(folder / "tokenizer"))
-    return {**fields, COMPONENTS["tokenizer"]: str((folder / "tokenizer").resolve())}
+    return {**fields, COMPONENT_FIELDS["tokenizer"]: str((folder / "tokenizer").resolve())}
 
 
 def write_test_model(folder, name: str = "z_image_tiny_test", dtype=torch.float32, **transformer_kw) -> Path:
