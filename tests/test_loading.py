@@ -1,6 +1,7 @@
 """Every file layout users have loads to the same weights; broken or foreign files give one clear message."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -164,3 +165,33 @@ def test_plain_fp8_file_cast_on_load(tmp_path, tiny_models):
     tr = loader.load_transformer(tmp_path / "fp8.safetensors", {}, torch.float32)
     want = sd["layers.0.feed_forward.w1.weight"].float()
     torch.testing.assert_close(tr.layers[0].feed_forward.w1.weight, want)
+
+
+def test_each_header_is_read_once_per_load(tmp_path):
+    """Choosing file kinds, finding components and loading all ask for headers: each file is parsed once."""
+    from collections import Counter
+
+    from engine.engine import Engine
+    from engine.registry import Registry
+    from engine.weights import safetensors_io
+    from engine.weights.files import FileLocator
+    from models import families
+    from models.z_image.tiny import write_test_model
+
+    model_json = write_test_model(tmp_path)
+    parsed = Counter()
+    original = safetensors_io.read_header
+
+    def counting(path):
+        parsed[Path(path).name] += 1
+        return original(path)
+
+    safetensors_io._open_weights.cache_clear()
+    safetensors_io.read_header = counting
+    try:
+        engine = Engine(Registry(families(), extra_files=[model_json]), FileLocator(offline=True))
+        engine.load(model_json.stem)
+    finally:
+        safetensors_io.read_header = original
+    assert set(parsed) == {"transformer.safetensors", "text_encoder.safetensors", "vae.safetensors"}
+    assert set(parsed.values()) == {1}

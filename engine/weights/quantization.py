@@ -222,10 +222,10 @@ def int8_file_name(source_name: str) -> str:
 def kind_of(name: str, path: Path | None = None) -> str:
     """"int8" or "bf16" for a file: from its header when it is on disk, else from its name."""
     if path is not None and Path(path).is_file():
-        from engine.weights.safetensors_io import read_header
+        from engine.weights.safetensors_io import open_weights
 
         try:
-            info = read_header(path)
+            info = open_weights(path)
             return "int8" if quantized_modules(info.tensors) else "bf16"
         except ModelFileError:
             pass  # a damaged file is reported when it is loaded

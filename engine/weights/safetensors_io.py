@@ -10,6 +10,7 @@ import json
 import os
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from engine.errors import ModelFileError
@@ -106,6 +107,22 @@ def read_headers(paths: list[Path]) -> TensorFileInfo:
         merged.offsets.update(info.offsets)
         merged.metadata.update(info.metadata)
     return merged
+
+
+def open_weights(path) -> TensorFileInfo:
+    """The header of a weight file, or of all shards in a folder: parsed once per file state (path, size and
+    modification time), however many times a load asks (which file kind, which components, then the load)."""
+    path = Path(path)
+    refuse_pickle(path)
+    if not path.exists():
+        raise ModelFileError(path, "file or folder not found")
+    stat = path.stat()
+    return _open_weights(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=32)
+def _open_weights(path: Path, _mtime: int, _size: int) -> TensorFileInfo:
+    return read_headers(weight_files_in(path)) if path.is_dir() else read_header(path)
 
 
 def weight_files_in(folder: Path) -> list[Path]:

@@ -17,7 +17,8 @@ from engine.weights.assign import assign_weights, build_empty, check_shapes
 from models.z_image import control_keys as CK
 from models.z_image import keys as K
 from models.z_image.config import metadata_config
-from models.z_image.loader import _materialize, folder_config, open_weights
+from engine.weights.safetensors_io import open_weights
+from models.z_image.loader import _materialize, folder_config
 
 
 def inspect_control(path: Path, host_layers: int) -> tuple[CK.ControlSpec, dict]:

@@ -181,7 +181,7 @@ class ZImageHandler:
             if tr.path.name == "transformer" and sibling.is_dir():
                 return sibling
             if tr.path.is_file() and comp in ("text_encoder", "vae"):
-                from models.z_image.loader import open_weights
+                from engine.weights.safetensors_io import open_weights
 
                 try:
                     if comp in K.components_in(open_weights(tr.path).tensors):
@@ -249,7 +249,7 @@ class ZImageHandler:
         (downloading a missing bf16 file); a file already there is kept, not overwritten."""
         import torch
 
-        from engine.weights.safetensors_io import read_header
+        from engine.weights.safetensors_io import open_weights
         from models.z_image import loader
         from engine.weights.assign import state_dict_for_file
 
@@ -262,7 +262,7 @@ class ZImageHandler:
         for comp in components:
             status = statuses[comp]
             source = status.path or locator.download(parse_ref(status.source), status.size)
-            single = source.is_file() and K.components_in(read_header(source).tensors) == [comp]
+            single = source.is_file() and K.components_in(open_weights(source).tensors) == [comp]
             target = Path(folder) / Q.int8_file_name(source.name if single else f"{model_def.type}_{comp}")
             if target.exists():
                 done.append(QuantizedFile(comp, COMPONENT_FIELDS[comp], target, False, source))

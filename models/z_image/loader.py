@@ -4,14 +4,13 @@ Wan2GP files and all-in-one checkpoints. Each loader checks the header before re
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 from engine.weights import quantization as Q
 from engine.errors import ModelFileError
-from engine.weights.safetensors_io import TensorFileInfo, load_tensors, read_header, read_headers, weight_files_in
+from engine.weights.safetensors_io import TensorFileInfo, load_tensors, open_weights
 from engine.weights.assign import assign_weights, build_empty, check_shapes
 from models.z_image import keys as K
 from models.z_image.attention import register as register_attention
@@ -20,20 +19,6 @@ from models.z_image.config import (infer_qwen3_config, infer_transformer_config,
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "chat_template.jinja", "added_tokens.json"]
-
-
-def open_weights(path: Path) -> TensorFileInfo:
-    """Header of a file, or of all shards in a folder (cached per file state)."""
-    path = Path(path)
-    if not path.exists():
-        raise ModelFileError(path, "file or folder not found")
-    stat = path.stat()
-    return _open_weights(path.resolve(), stat.st_mtime_ns, stat.st_size)
-
-
-@lru_cache(maxsize=16)
-def _open_weights(path: Path, _mtime: int, _size: int) -> TensorFileInfo:
-    return read_headers(weight_files_in(path)) if path.is_dir() else read_header(path)
 
 
 def folder_config(path: Path) -> dict:

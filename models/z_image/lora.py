@@ -11,7 +11,7 @@ from engine.lora.adapters import build
 from engine.lora.apply import LoadedLora, LoraStack
 from engine.lora.format import describe, group_keys, peft_alpha
 from engine.lora.library import LoraFile
-from engine.weights.safetensors_io import load_tensors, read_header
+from engine.weights.safetensors_io import load_tensors, open_weights
 from models.z_image import keys as K
 from models.z_image import lora_keys as LK
 
@@ -44,7 +44,7 @@ def apply_loras(model, files: list[LoraFile]) -> list[str]:
 
 def read_lora(file: LoraFile, linears: dict, dtype, device) -> LoadedLora:
     """A LoRA file as adapters for `linears` (module -> (out, in)); ModelFileError when nothing fits."""
-    info = read_header(file.path)
+    info = open_weights(file.path)
     shapes = {k: v[1] for k, v in info.tensors.items()}
     plan = LK.plan(shapes, linears)
     if not plan.entries:
@@ -107,7 +107,7 @@ def describe_file(path) -> str:
     """How a LoRA file fits the real Z-Image 6B transformer (header only): 'LoRA, rank 16, 240 layers'
     and how many tensors would not be applied, or why it is not a Z-Image LoRA."""
     try:
-        info = read_header(path)
+        info = open_weights(path)
     except ModelFileError as exc:
         return f"unreadable: {exc.problem}"
     shapes = {k: v[1] for k, v in info.tensors.items()}
