@@ -164,6 +164,11 @@ class JobQueue:
     def running(self) -> Job | None:
         return self._running
 
+    def finished(self) -> list[Job]:
+        """Recently finished jobs, oldest first (the last few hundred are kept)."""
+        with self._lock:
+            return sorted((j for j in self._jobs.values() if j.state in FINISHED), key=lambda j: j.finished)
+
     # ---- stopping -------------------------------------------------------------------------------
 
     def cancel(self, job_id: str, owner: str) -> bool:

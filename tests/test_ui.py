@@ -111,6 +111,33 @@ def test_stop_from_another_session_does_not_stop(server):
     assert job.result()
 
 
+def test_page_and_api_jobs_take_turns_on_the_gpu(server):
+    """A page job and an API job at once run one after the other on the engine's queue, each with its own
+    settings and images."""
+    demo, url, _ = server
+    app = demo.zimage_app
+    before = len(app.jobs.finished())
+    page_out = []
+    values = values_for(app, "z_image_tiny_test", prompt="from the page", seed=3, num_inference_steps=40)
+    page = threading.Thread(target=lambda: page_out.extend(
+        app.generate("z_image_tiny_test", values, request=FakeRequest(), progress=FakeProgress())))
+    page.start()
+    deadline = time.time() + 60
+    while app.jobs.running is None and time.time() < deadline:
+        time.sleep(0.02)
+    paths = client(url).predict(prompt="from the api", model_type="z_image_tiny_test",
+                                settings=settings_json(seed=5, num_inference_steps=2), api_name="/txt2img")
+    page.join(60)
+    jobs = app.jobs.finished()[before:]
+    assert [j.state for j in jobs] == ["done", "done"]
+    first, second = sorted(jobs, key=lambda j: j.started)
+    assert first.owner == FakeRequest.session_hash and first.finished <= second.started  # one after the other
+    api_settings, _ = read_png_settings(paths[0])
+    page_settings, _ = read_png_settings(page_out[-1]["gallery"][0][0])
+    assert (api_settings.prompt, api_settings.seed) == ("from the api", 5)
+    assert (page_settings.prompt, page_settings.seed, page_settings.num_inference_steps) == ("from the page", 3, 40)
+
+
 # ---- handlers without a server ---------------------------------------------------------------------
 
 class FakeProgress:
