@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from engine.weights.files import as_list, parse_ref
+from engine.weights.files import parse_ref
 
 
 def add_alternative(folder: Path, model_def, field: str, path: Path, locator, current: Path | None = None) \
@@ -20,7 +20,7 @@ def add_alternative(folder: Path, model_def, field: str, path: Path, locator, cu
     points at that file. `current` (the file in use) heads a list the model JSON left empty, such as a text
     encoder taken from an all-in-one checkpoint, so it stays the default. Returns the JSON written."""
     path = Path(path).resolve()
-    listed = as_list(model_def.model.get(field)) or ([str(Path(current).resolve())] if current else [])
+    listed = model_def.files(field) or ([str(Path(current).resolve())] if current else [])
     for ref in map(parse_ref, listed):
         found = locator.local_path(ref)
         if found is not None and Path(found).resolve() == path:

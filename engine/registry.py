@@ -33,6 +33,30 @@ class ModelDef:
     def name(self) -> str:
         return self.model.get("name", self.type)
 
+    @property
+    def description(self) -> str:
+        return self.model.get("description", "")
+
+    @property
+    def config(self) -> dict:
+        """Model config fields that override what is inferred from the weights."""
+        return self.model.get("config", {})
+
+    @property
+    def file_sizes(self) -> dict:
+        return self.model.get("file_sizes", {})
+
+    def files(self, field: str) -> list:
+        """The file references a component field lists (JSON keys are Wan2GP's: "URLs" lists the
+        transformer's files, "modules" a control module's), alternatives in order."""
+        value = self.model.get(field)
+        return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+    def comfyui_files(self, field: str) -> list:
+        """Names of the component inside a ComfyUI models/ folder."""
+        value = self.model.get("comfyui", {}).get(field)
+        return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
 
 class Registry:
     """Loads model types once; finetunes override defaults field by field.

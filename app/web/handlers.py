@@ -94,7 +94,7 @@ class AppUI:
     def describe(self, model_type) -> str:
         model_def = self.engine.registry.get(model_type)
         handler = self.engine.registry.handler(model_type)
-        lines = [f"**{model_def.name}**: {model_def.model.get('description', '')}"]
+        lines = [f"**{model_def.name}**: {model_def.description}"]
         if not self.caps(model_type).available:
             lines.append("*Generation for this type arrives in a later version.*")
         try:

@@ -7,7 +7,6 @@ MB per layer at a thousand tokens, which the enhancer's chunked prompt reading w
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 NAME = "zimage_sdpa"

@@ -8,7 +8,7 @@ from pathlib import Path
 from engine.weights import quantization as Q
 from engine.capabilities import Capabilities
 from engine.errors import ModelFileError, SettingsError, UserError
-from engine.weights.files import FileLocator, as_list, parse_ref
+from engine.weights.files import FileLocator, parse_ref
 from engine.load_options import LoadOptions
 from engine.settings import GenerationSettings
 from models.z_image import keys as K
@@ -130,8 +130,8 @@ class ZImageHandler:
         return list(found.values())
 
     def _locate(self, model_def, comp, field_name, locator, found, want="auto") -> ComponentStatus:
-        refs = [parse_ref(r) for r in as_list(model_def.model.get(field_name))]
-        comfy = as_list(model_def.model.get("comfyui", {}).get(field_name))
+        refs = [parse_ref(r) for r in model_def.files(field_name)]
+        comfy = model_def.comfyui_files(field_name)
         if comp in QUANTIZABLE and want != "auto":
             refs, comfy = self._of_kind(model_def, comp, field_name, refs, comfy, locator, want)
         path = locator.find(refs, comfy)
@@ -141,7 +141,7 @@ class ZImageHandler:
             path = self._from_neighbours(comp, found)
         if path is None and not refs:
             raise UserError(f"model type {model_def.type}: no file given for its {comp} ({field_name})")
-        sizes = model_def.model.get("file_sizes", {})
+        sizes = model_def.file_sizes
         ref = refs[0] if refs else None
         source = str(path) if path else ref.text
         kind = Q.kind_of(path.name if path else ref.filename, path) if comp in QUANTIZABLE else ""
@@ -164,8 +164,8 @@ class ZImageHandler:
         choices = {}
         for comp in QUANTIZABLE:
             field_name = COMPONENT_FIELDS[comp]
-            refs = [parse_ref(r) for r in as_list(model_def.model.get(field_name))]
-            comfy = as_list(model_def.model.get("comfyui", {}).get(field_name))
+            refs = [parse_ref(r) for r in model_def.files(field_name)]
+            comfy = model_def.comfyui_files(field_name)
             kinds = [Q.kind_of(r.filename, locator.local_path(r)) for r in refs]
             kinds += [Q.kind_of(c, locator.comfyui_path([c])) for c in comfy]
             if kinds:
@@ -225,7 +225,7 @@ class ZImageHandler:
             raise UserError(f"{model_def.type} is a control model type but names no control module: add "
                             "\"modules\" (the Fun-ControlNet-Union file) to its model JSON")
         paths = self.fetch(model_def, locator, options)
-        transformer = loader.load_transformer(paths["transformer"], model_def.model.get("config", {}), dtype)
+        transformer = loader.load_transformer(paths["transformer"], model_def.config, dtype)
         if CAPABILITIES[model_def.architecture].unified_sampler and not hasattr(transformer, "t_embedder_2"):
             raise ModelFileError(paths["transformer"], "this is not a TwinFlow transformer: it has no second time "
                                  "embedder (t_embedder_2.*), which TwinFlow's sampler needs. Wan2GP's int8 TwinFlow "
@@ -268,7 +268,7 @@ class ZImageHandler:
                 done.append(QuantizedFile(comp, COMPONENT_FIELDS[comp], target, False, source))
                 continue
             if comp == "transformer":
-                model = loader.load_transformer(source, model_def.model.get("config", {}), torch.bfloat16)
+                model = loader.load_transformer(source, model_def.config, torch.bfloat16)
                 config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
             else:
                 model = loader.load_text_encoder(source, torch.bfloat16)
