@@ -20,7 +20,7 @@ from engine.jobs import JobQueue
 from engine.load_options import LoadOptions
 from engine.outputs import save_png
 from engine.registry import Registry
-from engine.settings import GenerationSettings
+from engine.settings import BUILTIN_UPSCALERS, GenerationSettings
 from engine.weights.files import FileLocator
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -120,6 +120,8 @@ class Engine:
         model_def = self.registry.get(settings.model_type)
         handler = self.registry.handler(settings.model_type)
         handler.validate(settings, model_def.architecture)
+        if settings.upscale > 1 and settings.upscaler not in BUILTIN_UPSCALERS:
+            self.upscalers.resolve(settings.upscaler)  # a missing or pickle file: said before any work
         settings = record_inputs(settings, self.inputs)
         self.lora_library(settings.model_type).resolve_all(settings.loras)  # names, before loading anything
         notes = handler.notes(settings, model_def.architecture) + handler.lora_notes(settings,

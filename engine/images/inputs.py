@@ -108,9 +108,9 @@ def record_inputs(settings, store: InputStore | None):
     return dataclasses.replace(settings, inputs=record, **paths)
 
 
-def restore_inputs(data: dict, store: InputStore | None) -> tuple[dict, list[str]]:
-    """Settings data from a PNG (or remembered settings) with each input picture found in the store by its
-    sha256; pictures not found are dropped, with a note saying which. Paths in `data` are never opened."""
+def restore_inputs(data: dict, stores) -> tuple[dict, list[str]]:
+    """Settings data from a PNG (or remembered settings) with each input picture found in one of the `stores`
+    by its sha256; pictures not found are dropped, with a note saying which. Paths in `data` are never opened."""
     data = dict(data)
     inputs = data.get("inputs") if isinstance(data.get("inputs"), dict) else {}
     kept, notes = {}, []
@@ -120,13 +120,13 @@ def restore_inputs(data: dict, store: InputStore | None) -> tuple[dict, list[str
         entry = inputs.get(name) if isinstance(inputs.get(name), dict) else {}
         digest, label = entry.get("sha256"), LABELS[name]
         shown = entry.get("name") or Path(str(data[name])).name
-        found = store.find(digest) if store is not None and digest else None
+        found = next((f for f in (st.find(digest) for st in stores) if f is not None), None) if digest else None
         if found is not None:
             data[name] = str(found.resolve())
             kept[name] = {"sha256": digest, "name": shown}
             continue
         data[name] = ""
-        if digest and store is not None and any(store.folder.glob(f"{digest}.*")):
+        if digest and any(st.folder.is_dir() and any(st.folder.glob(f"{digest}.*")) for st in stores):
             notes.append(f"the {label} {shown} was changed in the input store since (its content differs "
                          f"from sha256 {digest[:12]}...): choose the picture again")
         else:
