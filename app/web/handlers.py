@@ -168,7 +168,7 @@ class AppUI:
         """The engine request for the page's values ({field name: value}, plus the memory panel's)."""
         changes = {spec.name: coerce(spec, values[spec.name]) for spec in FIELDS if spec.name in values}
         if "mask" in values:  # painted on the page, or uploaded (app/web/images_panel.py)
-            from app.web.images_panel import mask_value
+            from app.web.masks import mask_value
 
             changes["mask"] = mask_value(self.engine, values.get("mask_paint"), values["mask"])
         if not self.caps(model_type).cfg:

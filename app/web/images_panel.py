@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 
+from app.web.masks import mask_value, painted_mask  # noqa: F401 (the panel's mask helpers)
 from engine.errors import UserError
 from engine.settings import BUILTIN_UPSCALERS
 
@@ -109,37 +109,3 @@ def upscale_result(app, path, model_type, values, request) -> dict:
         return {"gallery": [(str(p), f"upscaled {size[0]}x{size[1]}") for p in paths],
                 "info": f"Upscaled to {size[0]}x{size[1]} with {settings.upscaler}"}
     return {}
-
-
-def mask_value(engine, editor, upload) -> str:
-    """The mask file for a job: strokes painted in the editor (any layer), else the mask file given, else none.
-    A painted mask is stored in the input store (by content)."""
-    painted = painted_mask(editor)
-    if painted is not None:
-        if engine.inputs is None:
-            raise UserError("no input store to keep the painted mask in")
-        return str(engine.inputs.put_image(painted, "painted-mask.png")[0].resolve())
-    return str(upload) if upload else ""
-
-
-def painted_mask(editor):
-    """PIL L (white = repaint) from the editor's layers: every painted pixel, whatever its colour; None when
-    nothing is painted."""
-    from PIL import Image
-
-    if not isinstance(editor, dict):
-        return None
-    layers = [layer for layer in editor.get("layers") or [] if layer is not None]
-    if not layers:
-        return None
-    alpha = None
-    for layer in layers:
-        a = np.asarray(layer.convert("RGBA"))[..., 3] > 0
-        alpha = a if alpha is None else (alpha | a)
-    if not alpha.any():
-        return None
-    background = editor.get("background")
-    mask = Image.fromarray(alpha.astype(np.uint8) * 255, "L")
-    if background is not None and background.size != mask.size:
-        mask = mask.resize(background.size, Image.Resampling.NEAREST)
-    return mask

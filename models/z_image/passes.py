@@ -23,9 +23,12 @@ from engine.settings import GenerationSettings
 
 @dataclass
 class Conditioning:
-    """What every pass of one generation shares: the model, the encoded prompts and NAG."""
+    """What every pass of one generation shares: the model, the encoded prompts and NAG, and the pipeline's
+    building blocks (`tools`: compose, noise, captions, schedule, decode from models.z_image.pipeline, handed
+    in so this module does not import it back)."""
 
     model: object  # models.z_image.pipeline.ZImageModel
+    tools: object
     settings: GenerationSettings
     positive: torch.Tensor  # [tokens, caption dim]
     negative: torch.Tensor | None
@@ -39,10 +42,8 @@ class Conditioning:
         return self.memory.stage(name) if self.memory is not None else nullcontext()
 
     def decode(self, latents: torch.Tensor) -> list:
-        from models.z_image.pipeline import decode
-
         with self.stage("decoding"):
-            return decode(self.model, latents)
+            return self.tools.decode(self.model, latents)
 
 
 @dataclass
@@ -71,12 +72,6 @@ class Pass:
                 "strength": self.strength, "from": "noise" if not self.from_init else "init"}
 
 
-def schedule(settings: GenerationSettings, device) -> torch.Tensor:
-    from models.z_image.pipeline import schedule_for
-
-    return schedule_for(settings, device)
-
-
 def init_latents(model, p: Pass, batch: int, generator) -> torch.Tensor:
     """[batch, 16, h, w]: the pass's init as latents (a VAE sample drawn from `generator`, or given latents)."""
     if p.latents is not None:
@@ -92,22 +87,21 @@ def init_latents(model, p: Pass, batch: int, generator) -> torch.Tensor:
 def denoise(cond: Conditioning, p: Pass, seed: int, generator, on_step=None) -> torch.Tensor:
     """The pass's final latents [B, 16, h, w]."""
     from models.z_image.control import keep_known
-    from models.z_image.pipeline import compose_model_fn, initial_noise, varied_captions
 
-    model, s = cond.model, p.settings
-    full = schedule(s, model.device)
+    model, s, tools = cond.model, p.settings, cond.tools
+    full = tools.schedule(s, model.device)
     sigmas = truncate(full, p.strength)
-    captions = varied_captions(cond.positive, s, seed, full)
-    model_fn = compose_model_fn(model, s, captions, cond.negative, full, cond.nag, control=p.control)
+    captions = tools.captions(cond.positive, s, seed, full)
+    model_fn = tools.compose(model, s, captions, cond.negative, full, cond.nag, control=p.control)
     channels = model.transformer.config.in_channels
     if p.from_init:
         known = init_latents(model, p, s.batch_size, generator).to(model.device)
-        noise = initial_noise(s, generator, channels).to(model.device)
+        noise = tools.noise(s, generator, channels).to(model.device)
         x = noised(known, noise, sigmas[0])
         if p.keep is not None:
             model_fn = keep_known(model_fn, p.keep.to(model.device), known)
     else:
-        x = initial_noise(s, generator, channels).to(model.device)
+        x = tools.noise(s, generator, channels).to(model.device)
     with cond.stage("denoising"):
         return SAMPLERS[s.sampler].fn(model_fn, x, sigmas, callback=on_step, generator=generator)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 
@@ -195,7 +196,10 @@ def generate(model: ZImageModel, settings: GenerationSettings, callback=None, up
     with memory.stage("text encoding"):
         feats = model.encoder.encode(prompts, settings.text_hidden_layer)
     negative = feats[1] if with_negative else None
-    cond = Conditioning(model, settings, feats[0], negative, make_nag(model, settings, negative), upscalers, memory)
+    tools = SimpleNamespace(compose=compose_model_fn, noise=initial_noise, captions=varied_captions,
+                            schedule=schedule_for, decode=decode)
+    cond = Conditioning(model, tools, settings, feats[0], negative, make_nag(model, settings, negative), upscalers,
+                        memory)
     results = []
     for run in range(settings.count):
         seed = settings.seed + run
