@@ -254,6 +254,8 @@ class AppUI:
                     yield {"preview": self.engine.preview(event.latents), "info": f"Step {done}/{total}"}
             elif isinstance(event, tuple):
                 paths, results = event
+                for note in dict.fromkeys(n for r in results for n in getattr(r, "notes", [])):
+                    gr.Info(note)  # e.g. a picture generated smaller and scaled back
                 seconds = time.perf_counter() - started
                 items = [(str(p), f"seed {r.settings.seed}") for p, r in zip(paths, results)]
                 seeds = ", ".join(str(r.settings.seed) for r in results[:: settings.batch_size])
