@@ -52,6 +52,11 @@ def pick_dtype(name: str | None, device):
     return getattr(torch, DTYPES[name])
 
 
+def needs_model(settings: GenerationSettings) -> bool:
+    """False for an init image at strength 0: the picture as it is (upscaled), no model pass, nothing loaded."""
+    return not (settings.init_image and settings.strength == 0)
+
+
 @dataclass(frozen=True)
 class Request:
     """What one job asks for: validated settings, and what to load for it (this job only)."""
@@ -189,6 +194,8 @@ class Engine:
     def apply_loras(self, settings_or_request) -> list[str]:
         """Load the model, attach exactly the settings' LoRAs; returns warnings (e.g. keys not applied)."""
         request = self._request(settings_or_request)
+        if not needs_model(request.settings):
+            return []
         with self._gpu:
             model = self.load_for(request)
             files = self.lora_library(request.settings.model_type).resolve_all(request.settings.loras)
@@ -210,7 +217,7 @@ class Engine:
 
     def generate(self, settings_or_request, callback=None, on_token=None):
         request = self._request(settings_or_request)
-        if request.settings.init_image and request.settings.strength == 0:
+        if not needs_model(request.settings):
             from engine.images.as_is import as_is
 
             with self._gpu:  # no model pass: the model is not loaded

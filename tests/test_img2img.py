@@ -127,3 +127,16 @@ def test_odd_sizes_and_modes_come_back_at_their_size(engine, tmp_path):
         s = engine.settings_for("z_image_tiny_test", prompt="x", seed=0, num_inference_steps=2,
                                 init_image=str(path), strength=0.5)
         assert engine.generate(s)[0].image.size == size
+
+
+def test_strength_zero_loads_no_model(tiny_model_json, picture):
+    from engine.engine import Engine
+    from engine.registry import Registry
+    from engine.weights.files import FileLocator
+    from models import families
+
+    fresh = Engine(Registry(families(), extra_files=[tiny_model_json[0]]), FileLocator(offline=True))
+    s = fresh.settings_for("z_image_tiny_test", prompt="x", init_image=str(picture), strength=0.0, upscale=1.5)
+    assert fresh.apply_loras(s) == []
+    result = fresh.generate(s)[0]
+    assert fresh.model is None and result.image.size == (384, 384)
