@@ -365,7 +365,7 @@ def _validate_control(settings: GenerationSettings, arch: str, caps: Capabilitie
 
 
 def _validate_images(settings: GenerationSettings) -> None:
-    """The init image (and its mask) must be usable pictures; the latent upscaler needs a text-to-image base."""
+    """The init image (and its mask) must be usable pictures, checked before anything loads."""
     if not settings.init_image:
         return
     from engine.images.io import load_mask, open_user_image

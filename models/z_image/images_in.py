@@ -65,7 +65,6 @@ def prepare(model, settings: GenerationSettings, upscalers=None) -> Work:
     from engine.images.upscalers import upscaled
 
     picture = load_rgb(settings.init_image, "init image")
-    notes = []
     if settings.upscale > 1:
         picture = upscaled(picture, settings.upscale, settings.upscaler, upscalers)
     mask = load_mask(settings.mask) if settings.mask else None
@@ -77,7 +76,7 @@ def prepare(model, settings: GenerationSettings, upscalers=None) -> Work:
         canvas.notes.clear()  # the tiles are generated at full size: nothing scaled down
     regions = tiles or [canvas.region]
     controls = [control_inputs(model, settings, canvas, r) for r in regions] if _controlled(model, settings) else []
-    return Work(canvas, tiles, controls, notes + canvas.notes)
+    return Work(canvas, tiles, controls, list(canvas.notes))
 
 
 def _controlled(model, settings) -> bool:
