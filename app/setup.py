@@ -27,7 +27,14 @@ def make_engine(args):
                 raise UserError(f"--{flag.replace('_', '-')} {path}: no such file or folder")
             components[field] = str(Path(path).resolve())
     lora_dirs = {h.family: h.lora_dir(args) for h in set(registry.handlers.values())}
-    return Engine(registry, locator, args.dtype, args.device, load_options_from_args(args), components, lora_dirs)
+    return Engine(registry, locator, args.dtype, args.device, load_options_from_args(args), components, lora_dirs,
+                  inputs_dir=output_folder(args) / "inputs", upscaler_dir=getattr(args, "upscaler_dir", None))
+
+
+def output_folder(args) -> Path:
+    """Where this command writes its pictures (and keeps their input pictures, by content): --output's folder."""
+    output = Path(getattr(args, "output", None) or "outputs")
+    return output.parent if output.suffix.lower() == ".png" else output
 
 
 def load_options_from_args(args):

@@ -1,5 +1,5 @@
 """GPU benchmark for users: seconds per 1024x1024 image, peak VRAM and peak RAM, for each memory profile and
-for bf16 vs INT8 files, and the prompt enhancer's tokens per second. It prints a table and one JSON line to paste into an issue.
+for bf16 vs INT8 files, img2img at strength 0.5, and the prompt enhancer's tokens per second. It prints a table and one JSON line to paste into an issue.
 
 Run it with your Z-Image files in place (the same flags as the app find them):
   python benchmarks/bench_gpu.py [--model z_image] [--profiles 1,2,3,4,5] [--quantizations bf16,int8]
@@ -67,12 +67,32 @@ def child(config: dict) -> dict:
         times.append(time.perf_counter() - t0)
         stages += list(results[0].memory.values())
     return {"seconds_per_image": statistics.median(times), "load_seconds": load_seconds,
+            "img2img_seconds": img2img_seconds(engine, s, results[0].image),
             "enhancer_tokens_per_s": enhancer_speed(engine, s),
             "peak_ram_bytes": max(st["peak_ram_bytes"] for st in stages),
             "peak_vram_bytes": max((st.get("peak_vram_bytes", 0) for st in stages), default=0),
             "profile_applied": engine.model.load_info.get("profile"),
             "file_names": {k: Path(v).name for k, v in engine.model.files.items()
                            if k in ("transformer", "text_encoder")}}
+
+
+def img2img_seconds(engine, settings, image) -> float:
+    """Seconds for an img2img of `image` at strength 0.5 (half the steps, plus the VAE encode)."""
+    import dataclasses
+
+    import torch
+
+    path = Path(tempfile.mkdtemp(prefix="zimage-i2i-")) / "init.png"
+    image.save(path)
+    s = dataclasses.replace(settings, init_image=str(path), strength=0.5)
+    engine.generate(s)  # warm-up
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    engine.generate(s)
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
 def enhancer_speed(engine, settings) -> float | None:
@@ -180,13 +200,14 @@ def main():
 
     print(f"\n{title}; {base['size']}x{base['size']}, {base['steps']} steps, model {base['model']}, "
           f"median of {base['repeats']}\n")
-    print(f"{'profile':<9}{'files':<7}{'s / image':>11}{'peak VRAM':>12}{'peak RAM':>11}{'load':>9}"
-          f"{'enhancer':>12}")
+    print(f"{'profile':<9}{'files':<7}{'s / image':>11}{'i2i 0.5':>10}{'peak VRAM':>12}{'peak RAM':>11}"
+          f"{'load':>9}{'enhancer':>12}")
     for row in rows:
         profile = "none" if row["profile"] is None else str(row["profile"])
         if "seconds_per_image" in row:
             vram = f"{row['peak_vram_bytes'] / GIB:.2f} GiB" if row["peak_vram_bytes"] else "-"
-            print(f"{profile:<9}{row['quantization']:<7}{row['seconds_per_image']:>9.2f} s{vram:>12}"
+            print(f"{profile:<9}{row['quantization']:<7}{row['seconds_per_image']:>9.2f} s"
+                  f"{row['img2img_seconds']:>8.2f} s{vram:>12}"
                   f"{row['peak_ram_bytes'] / GIB:>7.2f} GiB{row['load_seconds']:>7.1f} s"
                   f"{row['enhancer_tokens_per_s'] or 0:>8.1f} t/s")
         else:

@@ -20,7 +20,7 @@ from engine.jobs import JobQueue
 from engine.load_options import LoadOptions
 from engine.outputs import save_png
 from engine.registry import Registry
-from engine.settings import GenerationSettings
+from engine.settings import BUILTIN_UPSCALERS, GenerationSettings
 from engine.weights.files import FileLocator
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -52,6 +52,11 @@ def pick_dtype(name: str | None, device):
     return getattr(torch, DTYPES[name])
 
 
+def needs_model(settings: GenerationSettings) -> bool:
+    """False for an init image at strength 0: the picture as it is (upscaled), no model pass, nothing loaded."""
+    return not (settings.init_image and settings.strength == 0)
+
+
 @dataclass(frozen=True)
 class Request:
     """What one job asks for: validated settings, and what to load for it (this job only)."""
@@ -76,7 +81,7 @@ class Engine:
 
     def __init__(self, registry: Registry, locator: FileLocator, dtype: str | None = None,
                  device: str | None = None, options: LoadOptions | None = None, components: dict | None = None,
-                 lora_dirs: dict | None = None):
+                 lora_dirs: dict | None = None, inputs_dir=None, upscaler_dir=None):
         self.registry = registry
         self.locator = locator
         self.device = pick_device(device)
@@ -88,6 +93,12 @@ class Engine:
         self._gpu = threading.RLock()
         self._loaded = Loaded()
         self._libraries: dict = {}
+        from engine.images.inputs import InputStore
+        from engine.images.upscalers import Upscalers
+
+        # the user's input pictures by content (None: recorded by sha256, not copied); upscaler models
+        self.inputs = InputStore(inputs_dir) if inputs_dir else None
+        self.upscalers = Upscalers(upscaler_dir or Path(locator.checkpoints) / "upscalers", self.device)
 
     @property
     def model(self):
@@ -106,11 +117,17 @@ class Engine:
 
     def prepare(self, settings: GenerationSettings, components: dict | None = None,
                 options: LoadOptions | None = None) -> Request:
-        """Validate once, before any loading; the request carries the notes worth showing."""
+        """Validate once, before any loading; the request carries the notes worth showing. Input pictures are
+        stored by content (engine.images.inputs) and recorded in the settings."""
+        from engine.images.inputs import record_inputs
+
         settings = settings.validate()
         model_def = self.registry.get(settings.model_type)
         handler = self.registry.handler(settings.model_type)
         handler.validate(settings, model_def.architecture)
+        if settings.upscale > 1 and settings.upscaler not in BUILTIN_UPSCALERS:
+            self.upscalers.resolve(settings.upscaler)  # a missing or pickle file: said before any work
+        settings = record_inputs(settings, self.inputs)
         self.lora_library(settings.model_type).resolve_all(settings.loras)  # names, before loading anything
         notes = handler.notes(settings, model_def.architecture) + handler.lora_notes(settings,
                                                                                    model_def.architecture)
@@ -177,6 +194,8 @@ class Engine:
     def apply_loras(self, settings_or_request) -> list[str]:
         """Load the model, attach exactly the settings' LoRAs; returns warnings (e.g. keys not applied)."""
         request = self._request(settings_or_request)
+        if not needs_model(request.settings):
+            return []
         with self._gpu:
             model = self.load_for(request)
             files = self.lora_library(request.settings.model_type).resolve_all(request.settings.loras)
@@ -198,12 +217,17 @@ class Engine:
 
     def generate(self, settings_or_request, callback=None, on_token=None):
         request = self._request(settings_or_request)
+        if not needs_model(request.settings):
+            from engine.images.as_is import as_is
+
+            with self._gpu:  # no model pass: the model is not loaded
+                return as_is(request.settings, self.upscalers)
         with self._gpu:
             if request.settings.enhance and not request.settings.original_prompt:
                 request = dataclasses.replace(request, settings=self.enhance(request, on_token))
             self.apply_loras(request)
             settings = request.settings
-            return self.registry.handler(settings.model_type).generate(self.model, settings, callback)
+            return self.registry.handler(settings.model_type).generate(self.model, settings, callback, self.upscalers)
 
     def control_map(self, settings_or_request):
         """The control map `settings` would condition on (PIL RGB at the output size), without generating."""
@@ -228,7 +252,7 @@ class Engine:
 
         return {
             "app": f"{APP_NAME} {APP_VERSION}", "batch_index": batch_index,
-            "files": {k: Path(v).name for k, v in self.model.files.items()},
+            "files": {k: Path(v).name for k, v in (self.model.files if self.model is not None else {}).items()},
             "loras": self.lora_library(settings.model_type).record(settings.loras) if settings else [],
             "dtype": str(self.dtype).replace("torch.", ""), "device": self.device.type,
             "load": dict(getattr(self.model, "load_info", {})),
@@ -244,5 +268,6 @@ class Engine:
         else:
             targets = [output] * len(results)
         return [save_png(r.image, r.settings, {**self.record(r.batch_index, r.settings),
-                                               "memory": getattr(r, "memory", {})}, t)
+                                               "memory": getattr(r, "memory", {}), "passes": getattr(r, "passes", [])},
+                         t)
                 for r, t in zip(results, targets)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.lora.presets import with_snippet
-from engine.settings import GenerationSettings, normalize_loras
+from engine.settings import INPUT_FIELDS, GenerationSettings, normalize_loras
 
 
 @dataclass
@@ -22,9 +22,11 @@ class Merged:
 
 
 def merge_settings(engine, model_type: str, base: dict | None = None, record: dict | None = None,
-                   preset: dict | None = None, changes: dict | None = None) -> Merged:
+                   preset: dict | None = None, changes: dict | None = None, input_stores=()) -> Merged:
     """`base`: a PNG's or remembered settings dict; `record`: the PNG's record (LoRA fingerprints);
-    `preset`: {"loras": [...], "prompt": snippet}; `changes`: the user's values (None values are ignored)."""
+    `preset`: {"loras": [...], "prompt": snippet}; `changes`: the user's values (None values are ignored).
+    A base's input pictures are found by content in the engine's input store (or `input_stores`, e.g. the
+    one beside a PNG); missing or changed ones are dropped with a note."""
     changes = {k: v for k, v in (changes or {}).items() if v is not None and k != "model_type"}
     base = dict(base or {})
     if base.pop("model_type", model_type) != model_type:
@@ -37,6 +39,12 @@ def merge_settings(engine, model_type: str, base: dict | None = None, record: di
         changes["loras"] = list(by_name.values())
     elif base.get("loras"):
         base["loras"], notes = library.restore(normalize_loras(base["loras"]), (record or {}).get("loras") or [])
+    if any(base.get(k) and k not in changes for k in INPUT_FIELDS):
+        from engine.images.inputs import restore_inputs
+
+        stores = [s for s in (getattr(engine, "inputs", None), *input_stores) if s is not None]
+        base, input_notes = restore_inputs(base, stores)
+        notes += input_notes
     snippet = (preset or {}).get("prompt", "")
     if snippet:
         changes["prompt"] = with_snippet(changes.get("prompt", base.get("prompt", "")), snippet)

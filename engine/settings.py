@@ -18,6 +18,10 @@ ASPECT_RATIOS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9", "9:2
 CONTROL_MODES = ("pose", "canny", "depth", "gray", "raw", "none")
 CONTROL_FITS = ("crop", "fit", "image")
 DEPTH_MODELS = ("small", "large")
+INPAINT_AREAS = ("whole", "masked")
+BUILTIN_UPSCALERS = ("lanczos", "latent")  # besides upscaler model files (engine.images.upscalers)
+INPUT_FIELDS = ("init_image", "mask", "control_image")  # the user's pictures, kept by content (engine.images.inputs)
+MAX_UPSCALE = 8.0
 
 
 @dataclass(frozen=True)
@@ -63,10 +67,24 @@ class GenerationSettings:
     control_start: float = 0.0  # fraction of the steps where control starts ...
     control_end: float = 1.0  # ... and ends
     control_fit: str = "crop"  # crop, fit (letterbox), image (output size from the picture's aspect ratio)
-    mask: str = ""  # inpaint (2.x): white = repaint, the rest of control_image is kept
+    mask: str = ""  # inpaint, white = repaint: of init_image when one is given, else of control_image (2.x)
     canny_low: int = 100
     canny_high: int = 200
     depth_model: str = "small"  # Depth Anything V2 small or large
+    # Images in (issue 13): img2img, inpaint and outpaint, hires fix, upscaling. With an init image the output
+    # takes its size (plus outpaint margins) times `upscale`; width x height then size a "masked" inpaint area.
+    init_image: str = ""  # the picture to change (img2img), repaint (with `mask`), extend or upscale
+    strength: float = 0.6  # share of the steps re-run on the init image: 0 returns it as is, 1 starts from noise
+    mask_blur: int = 4  # px of feathered mask edge (the paste-back blends over it)
+    mask_grow: int = 0  # px to grow (> 0) or shrink (< 0) the mask before blurring
+    inpaint_area: str = "whole"  # whole picture, or "masked": the masked area plus padding, made at width x height
+    inpaint_padding: int = 32  # px of context around the masked area ("masked")
+    outpaint: list = field(default_factory=lambda: [0, 0, 0, 0])  # px added left, right, top, bottom (repainted)
+    upscale: float = 1.0  # output size x this: hires fix after text-to-image, or the init image upscaled
+    upscaler: str = "lanczos"  # lanczos, latent (hires fix only) or an upscaler model file name
+    hires_strength: float = 0.35  # text-to-image with upscale: strength of the second (img2img) pass
+    hires_steps: int = 0  # its steps (0: num_inference_steps)
+    inputs: dict = field(default_factory=dict)  # {field: {"sha256", "name"}} of the input pictures (set on prepare)
 
     def validate(self) -> "GenerationSettings":
         """The same settings in canonical form (LoRA schedules as numbers), or SettingsError naming the field.
@@ -110,7 +128,9 @@ class GenerationSettings:
         _check_float(self.seed_variance_fraction, "seed variance fraction", 0.0, 1.0)
         _check_float(self.seed_variance_steps, "seed variance steps", 0.0, 1.0)
         self._validate_control()
-        return self if loras == self.loras else dataclasses.replace(self, loras=loras)
+        outpaint = self._validate_images()
+        changed = {k: v for k, v in (("loras", loras), ("outpaint", outpaint)) if v != getattr(self, k)}
+        return dataclasses.replace(self, **changed) if changed else self
 
     def _validate_control(self) -> None:
         for value, name in ((self.control_image, "control image"), (self.mask, "mask")):
@@ -128,10 +148,42 @@ class GenerationSettings:
         _check_int(self.canny_high, "canny high threshold", 1, 1000)
         if self.canny_low > self.canny_high:
             raise SettingsError(f"canny low threshold {self.canny_low} is above the high one {self.canny_high}")
-        if self.mask and not self.control_image:
-            raise SettingsError("a mask needs a control image: the picture whose masked part is repainted")
+        if self.mask and not (self.control_image or self.init_image):
+            raise SettingsError("a mask needs a picture to repaint: an init image (or, on inpaint control types, "
+                                "a control image)")
         if self.control_mode == "none" and self.control_image and not self.mask:
             raise SettingsError("control mode 'none' (no control map) is for inpainting: give a mask too")
+
+    def _validate_images(self) -> list[int]:
+        """img2img, inpaint, outpaint and upscale fields; returns the outpaint margins in canonical form."""
+        if not isinstance(self.init_image, str):
+            raise SettingsError("init image must be a file path (text)")
+        _check_float(self.strength, "strength", 0.0, 1.0)
+        _check_int(self.mask_blur, "mask blur", 0, 256)
+        _check_int(self.mask_grow, "mask grow", -256, 256)
+        _check_choice(self.inpaint_area, "inpaint area", INPAINT_AREAS)
+        _check_int(self.inpaint_padding, "inpaint padding", 0, 1024)
+        outpaint = parse_outpaint(self.outpaint)
+        _check_float(self.upscale, "upscale", 1.0, MAX_UPSCALE)
+        if not isinstance(self.upscaler, str) or not self.upscaler.strip() or "/" in self.upscaler \
+                or "\\" in self.upscaler:
+            raise SettingsError(f"upscaler {self.upscaler!r} must be lanczos, latent or the name of a file in the "
+                                "upscaler folder")
+        _check_float(self.hires_strength, "hires strength", 0.0, 1.0)
+        _check_int(self.hires_steps, "hires steps", 0, MAX_STEPS)
+        if not isinstance(self.inputs, dict):
+            raise SettingsError("inputs must be a {field: {sha256, name}} object")
+        if any(outpaint) and not self.init_image:
+            raise SettingsError("outpaint extends an init image: give one (--init-image)")
+        if self.inpaint_area == "masked" and self.init_image and not (self.mask or any(outpaint)):
+            raise SettingsError("inpaint area 'masked' needs a mask (or outpaint margins) to crop around")
+        if self.upscale > 1 and self.init_image and (self.mask or any(outpaint)):
+            raise SettingsError("upscale and inpaint/outpaint in one go are not supported: repaint first, then "
+                                "upscale the result")
+        if self.upscaler == "latent" and self.upscale > 1 and self.init_image:
+            raise SettingsError("the latent upscaler is for the hires fix after text-to-image; upscale an init "
+                                "image with lanczos or an upscaler model")
+        return outpaint
 
     @property
     def cfg_on(self) -> bool:
@@ -168,6 +220,21 @@ class GenerationSettings:
     @classmethod
     def field_names(cls) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)} | {"resolution"}
+
+
+def parse_outpaint(value) -> list[int]:
+    """"l,r,t,b" or [l, r, t, b] (pixels added on each side) -> [l, r, t, b], each 0-4096."""
+    if isinstance(value, str):
+        try:
+            value = [int(v) for v in value.replace(" ", "").split(",")] if value.strip() else [0, 0, 0, 0]
+        except ValueError:
+            raise SettingsError(f"outpaint {value!r} is not LEFT,RIGHT,TOP,BOTTOM pixels, e.g. 0,0,128,128") \
+                from None
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise SettingsError(f"outpaint must be 4 numbers (left, right, top, bottom pixels), got {value!r}")
+    for v, side in zip(value, ("left", "right", "top", "bottom")):
+        _check_int(v, f"outpaint {side}", 0, MAX_SIDE)
+    return [int(v) for v in value]
 
 
 def parse_resolution(text) -> tuple[int, int]:

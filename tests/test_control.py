@@ -3,6 +3,7 @@ composes into the pipeline (weight, step range, inpaint) and matches diffusers' 
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -331,7 +332,10 @@ def test_command_line(tmp_path):
             "--output", str(tmp_path / "out.png"))
     assert r.returncode == 0, r.stderr
     shown, _ = read_png_settings(tmp_path / "out.png")
-    assert shown.control_image == str(photo) and shown.mask == str(photo)
+    # the pictures are kept by content beside the output, and recorded with their names
+    assert shown.control_image == shown.mask and Path(shown.mask).parent == (tmp_path / "inputs").resolve()
+    assert Path(shown.mask).read_bytes() == photo.read_bytes()
+    assert shown.inputs["control_image"]["name"] == shown.inputs["mask"]["name"] == "photo.png"
     assert (shown.control_mode, shown.control_weight, shown.control_end) == ("gray", 0.6, 0.5)
 
 
@@ -342,7 +346,7 @@ def test_command_line(tmp_path):
     (dict(control_fit="stretch"), "control fit 'stretch'"),
     (dict(canny_low=300, canny_high=200), "canny low threshold 300 is above"),
     (dict(depth_model="huge"), "depth model 'huge'"),
-    (dict(control_image="", mask="m.png"), "a mask needs a control image"),
+    (dict(control_image="", mask="m.png"), "a mask needs a picture to repaint"),
     (dict(control_mode="none"), "'none' .* is for inpainting"),
 ])
 def test_bad_control_settings(kw, message):

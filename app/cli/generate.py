@@ -39,23 +39,28 @@ SETTING_FLAGS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "gu
                  "seed_variance_steps")
 CONTROL_FLAGS = ("control_image", "control_mode", "control_weight", "control_start", "control_end", "control_fit",
                  "mask", "canny_low", "canny_high", "depth_model")
-PATH_FLAGS = ("control_image", "mask")
+IMAGE_FLAGS = ("init_image", "strength", "mask_blur", "mask_grow", "inpaint_area", "inpaint_padding", "outpaint",
+               "upscale", "upscaler", "hires_strength", "hires_steps")
+PATH_FLAGS = ("control_image", "mask", "init_image")
 
 
 def settings_from_args(engine, args):
     """The settings the flags ask for: model defaults < the PNG's settings (--settings-from) < flags given."""
-    changes = {k: getattr(args, k) for k in SETTING_FLAGS + CONTROL_FLAGS if getattr(args, k) is not None}
+    changes = {k: getattr(args, k) for k in SETTING_FLAGS + CONTROL_FLAGS + IMAGE_FLAGS
+               if getattr(args, k, None) is not None}
     for k in PATH_FLAGS:  # absolute, so the PNG's settings still find the file from another folder
         if changes.get(k):
             changes[k] = str(Path(changes[k]).expanduser().resolve())
     if args.aspect and not (args.width or args.height):
         changes["width"], changes["height"] = size_presets(args.megapixels)[args.aspect]
-    base, record = {}, {}
+    base, record, stores = {}, {}, []
     if args.settings_from:
+        from engine.images.inputs import InputStore
         from engine.outputs import read_png_settings
 
         png_settings, record = read_png_settings(args.settings_from)
         base = png_settings.to_dict()
+        stores.append(InputStore(Path(args.settings_from).parent / "inputs"))  # the PNG's own input store
     model_type = args.model or base.get("model_type") or "z_image"
     preset = None
     if args.lora_preset:
@@ -66,7 +71,8 @@ def settings_from_args(engine, args):
         from engine.settings import parse_lora_arg
 
         changes["loras"] = [parse_lora_arg(text) for text in args.lora]
-    merged = merge_settings(engine, model_type, base=base, record=record, preset=preset, changes=changes)
+    merged = merge_settings(engine, model_type, base=base, record=record, preset=preset, changes=changes,
+                            input_stores=stores)
     for note in merged.notes:
         print(f"warning: {note}", file=sys.stderr)
     return merged.settings
@@ -114,6 +120,8 @@ def cmd_generate(args) -> int:
         return engine.save(results, Path(args.output)), results
 
     paths, results = run_job(engine, work)
+    for note in dict.fromkeys(n for r in results for n in getattr(r, "notes", [])):
+        print(f"note: {note}", file=sys.stderr)
     if results and results[0].settings.original_prompt:
         print(f"enhanced prompt: {results[0].settings.prompt}", file=sys.stderr)
     if results and results[0].memory:

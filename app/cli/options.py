@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.settings import CONTROL_FITS, CONTROL_MODES, DEPTH_MODELS, size_presets
+from engine.settings import CONTROL_FITS, CONTROL_MODES, DEPTH_MODELS, INPAINT_AREAS, size_presets
 
 
 class Parser(argparse.ArgumentParser):
@@ -33,6 +33,8 @@ def common_options(subcommand: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--vae", metavar="FILE_OR_DIR", help="use this Flux-style 16-channel VAE instead of the model type's")
     g.add_argument("--finetunes", metavar="DIR", help="your model JSONs; `quantize` adds its files here "
                                                       "(default: finetunes/)")
+    g.add_argument("--upscaler-dir", metavar="DIR", help="upscaler models, .safetensors (default: "
+                                                         "<checkpoints>/upscalers)")
     memory_options(p)
     return p
 
@@ -98,6 +100,7 @@ def generate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed-variance-steps", type=float, help="share of the steps with the noise (0-1)")
     lora_options(p)
     control_options(p)
+    image_options(p)
 
 
 def lora_options(p: argparse.ArgumentParser) -> None:
@@ -119,7 +122,29 @@ def control_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--control-fit", choices=list(CONTROL_FITS),
                    help="fit the picture to the output size: crop (default), fit (letterbox), or image (output "
                         "size from the picture's aspect ratio)")
-    g.add_argument("--mask", metavar="IMAGE", help="inpaint (2.x): white = repaint, the rest of --control-image kept")
+    g.add_argument("--mask", metavar="IMAGE", help="inpaint, white = repaint: of --init-image, or without one of "
+                                                   "--control-image (2.x control types)")
     g.add_argument("--canny-low", type=int, help="canny low threshold (default 100)")
     g.add_argument("--canny-high", type=int, help="canny high threshold (default 200)")
     g.add_argument("--depth-model", choices=list(DEPTH_MODELS), help="Depth Anything V2 size (default small)")
+
+
+def image_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("images in: img2img, inpaint, outpaint, hires fix, upscale (every model type)")
+    g.add_argument("--init-image", metavar="IMAGE", help="start from this picture (the output takes its size)")
+    g.add_argument("--strength", type=float, help="share of the steps re-run on the init image, 0-1 (default 0.6; "
+                                                  "0 returns it as is, 1 paints from noise)")
+    g.add_argument("--mask-blur", type=int, help="px of feathered mask edge (default 4)")
+    g.add_argument("--mask-grow", type=int, help="px to grow (or, negative, shrink) the mask first (default 0)")
+    g.add_argument("--inpaint-area", choices=list(INPAINT_AREAS),
+                   help="whole picture (default) or masked: the masked area plus padding, made at --width x --height")
+    g.add_argument("--inpaint-padding", type=int, help="px of context around the masked area (default 32)")
+    g.add_argument("--outpaint", metavar="L,R,T,B", help="extend the init image by these pixels (left, right, top, "
+                                                         "bottom) and paint them")
+    g.add_argument("--hires", "--upscale", type=float, dest="upscale", metavar="X",
+                   help="text-to-image: hires fix, a second pass at X times the size; with --init-image: upscale it "
+                        "X times before its pass (1-8)")
+    g.add_argument("--upscaler", help="lanczos (default), latent (hires fix only) or an upscaler model in the "
+                                      "upscaler folder, e.g. 4x-UltraSharp")
+    g.add_argument("--hires-strength", type=float, help="strength of the hires fix's second pass (default 0.35)")
+    g.add_argument("--hires-steps", type=int, help="steps of the second pass (default: --steps)")

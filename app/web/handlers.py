@@ -31,6 +31,7 @@ log = logging.getLogger("zimage.ui")
 PROGRESS_INTERVAL = 0.1  # seconds between progress bar updates at most (each one is browser work)
 PREVIEW_INTERVAL = 0.25  # seconds between live previews at most (a real model's step takes longer)
 LOAD_FIELDS = ("text_encoder", "vae", "transformer_quantization", "text_encoder_quantization", "profile")
+EXTRA_FIELDS = ("mask_paint",)  # page values that feed a field (a mask painted on the page feeds `mask`)
 
 
 def preset_choices() -> dict[str, tuple[int, int]]:
@@ -59,6 +60,9 @@ class AppUI:
         self.first = "z_image" if "z_image" in types else types[0]
         self.exposed_without_auth = exposed_without_auth
         self.presets = preset_choices()
+        from engine.images.inputs import InputStore
+
+        engine.inputs = InputStore(self.output_dir / "inputs")  # the page's input pictures, kept by content
 
     # ---- model type -> controls ----------------------------------------------------------------
 
@@ -163,6 +167,10 @@ class AppUI:
     def request(self, model_type, values: dict):
         """The engine request for the page's values ({field name: value}, plus the memory panel's)."""
         changes = {spec.name: coerce(spec, values[spec.name]) for spec in FIELDS if spec.name in values}
+        if "mask" in values:  # painted on the page, or uploaded (app/web/images_panel.py)
+            from app.web.masks import mask_value
+
+            changes["mask"] = mask_value(self.engine, values.get("mask_paint"), values["mask"])
         if not self.caps(model_type).cfg:
             changes.pop("guidance_scale", None)
         settings = merge_settings(self.engine, model_type, changes=changes).settings
@@ -246,6 +254,8 @@ class AppUI:
                     yield {"preview": self.engine.preview(event.latents), "info": f"Step {done}/{total}"}
             elif isinstance(event, tuple):
                 paths, results = event
+                for note in dict.fromkeys(n for r in results for n in getattr(r, "notes", [])):
+                    gr.Info(note)  # e.g. a picture generated smaller and scaled back
                 seconds = time.perf_counter() - started
                 items = [(str(p), f"seed {r.settings.seed}") for p, r in zip(paths, results)]
                 seeds = ", ".join(str(r.settings.seed) for r in results[:: settings.batch_size])
@@ -342,6 +352,8 @@ def field_value(spec, settings):
     value = getattr(settings, spec.name)
     if spec.kind == "image":
         return value or None
+    if spec.kind == "margins":
+        return ",".join(str(v) for v in value)
     return loras_to_rows(value) if spec.kind == "loras" else value
 
 

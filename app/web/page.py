@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import gradio as gr
 
+from app.web import images_panel
 from app.web.fields import FIELDS, LORA_COLUMNS
-from app.web.handlers import LOAD_FIELDS, AppUI, field_value, shown
+from app.web.handlers import EXTRA_FIELDS, LOAD_FIELDS, AppUI, field_value, shown
 from engine.lora.presets import list_presets
 
 CUSTOM_SIZE = "custom"
@@ -74,6 +75,7 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
                     show_map = gr.Button("Show the control map", size="sm")
                     page.add("control_map", gr.Image(label="Control map", interactive=False, height=220, format="png"))
                 lora_panel(app, page, fields)
+                images_panel.build(app, page, fields)
                 with gr.Accordion("Size and count", open=True):
                     size = gr.Dropdown([CUSTOM_SIZE, *app.presets], value=CUSTOM_SIZE, label="Size preset")
                     with gr.Row():
@@ -103,7 +105,7 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
         restore.upload(**page.wire(app.on_restore, ["model_type", *shown_by_type]), inputs=restore, **PRIVATE)
 
         # a set of inputs arrives as one {component: value} dict, leaving room for Gradio's special arguments
-        value_names = [*field_names, *LOAD_FIELDS]
+        value_names = [*field_names, *LOAD_FIELDS, *EXTRA_FIELDS]
         inputs = {model, *(page[n] for n in value_names)}
         frame_names = ["preview", "gallery", "info", "used"]
 
@@ -123,6 +125,7 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
         page["prompt"].input(lambda: "", None, page["original_prompt"], **PRIVATE)  # a new prompt of the user's
         gallery.select(app.on_select, None, used, **PRIVATE)
         stop.click(app.on_stop, None, None, queue=False, **PRIVATE)
+        images_panel.wire_results(app, page, inputs, value_names)
         gr.api(app.api_txt2img, api_name="txt2img", **GPU)
         gr.api(app.api_stop, api_name="stop", queue=False)
     demo.zimage_app = app
@@ -179,7 +182,7 @@ def make_component(spec, settings, caps):
     if spec.kind == "image":
         common.pop("info")
         return gr.Image(value=value, type="filepath", sources=["upload", "clipboard"], height=220, **common)
-    if spec.kind in ("text", "hidden"):
+    if spec.kind in ("text", "hidden", "margins"):
         return gr.Textbox(value=value, lines=3 if spec.name == "prompt" else 1, **common)
     if spec.kind == "slider":
         lo, hi = spec.bounds(caps)
@@ -188,7 +191,8 @@ def make_component(spec, settings, caps):
         return gr.Number(value=value, precision=0 if spec.is_int() else None, **common)
     if spec.kind == "dropdown":
         # a hidden control keeps its value even when this type offers no choices; settings validation decides
-        return gr.Dropdown(list(spec.choices(caps)), value=value, allow_custom_value=True, **common)
+        return gr.Dropdown(list(spec.choices(caps)) if spec.choices else [], value=value, allow_custom_value=True,
+                           **common)
     return gr.Checkbox(value=value, **common)
 
 

@@ -94,17 +94,18 @@ def pictures(settings: GenerationSettings, locator, device) -> ControlInputs:
 
 def _pixels(image, model) -> torch.Tensor:
     """PIL RGB -> [1, 3, H, W] in [-1, 1] on the VAE's device and dtype."""
-    a = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    t = torch.from_numpy(a).permute(2, 0, 1)[None] * 2 - 1
-    return t.to(model.device, model.vae.dtype)
+    from models.z_image.vae import pixels
+
+    return pixels(image, model)
 
 
 @torch.no_grad()
 def encode(model, pixels: torch.Tensor) -> torch.Tensor:
-    """[1, 3, H, W] -> [1, 16, H/8, W/8]: the latent distribution's mode, shifted and scaled as the model sees it."""
-    cfg = model.vae.config
-    z = model.vae.encode(pixels).latent_dist.mode()
-    return ((z - cfg.shift_factor) * cfg.scaling_factor).float()
+    """[1, 3, H, W] -> [1, 16, H/8, W/8]: the latent distribution's mode, shifted and scaled as the model sees it
+    (tiled for big pictures)."""
+    from models.z_image.vae import encode_mode
+
+    return encode_mode(model, pixels)
 
 
 @torch.no_grad()
@@ -262,18 +263,21 @@ def keep_known(model_fn, keep: torch.Tensor, known: torch.Tensor):
 
     v = (x - x0) / sigma makes any flow sampler's denoised estimate x - sigma * v equal x0 there.
     """
-    def fn(x, sigma):
-        v = model_fn(x, sigma)
-        return torch.lerp(v.float(), (x - known) / sigma, keep)
+    def fn(x, sigma, *rest):
+        v = model_fn(x, sigma, *rest)
+        return torch.lerp(v.float(), (x - known) / float(sigma), keep)
     return fn
 
 
-def add_control(model, settings: GenerationSettings, sigmas: torch.Tensor, model_fn):
-    """model_fn with the settings' control (and inpaint) composed in; unchanged without a control image."""
+def add_control(model, settings: GenerationSettings, sigmas: torch.Tensor, model_fn, inputs=None):
+    """model_fn with the settings' control (and inpaint) composed in; unchanged without a control image.
+    `inputs`: this pass's ControlInputs (an init image's canvas or tile; its inpaint keeps latents itself),
+    else the settings' control picture and mask."""
     control = getattr(model, "control", None)
     if control is None or not settings.control_image:
         return model_fn
-    inputs = encode_inputs(model, pictures(settings, control.locator, model.device), control.spec)
+    own = inputs is None
+    inputs = encode_inputs(model, inputs or pictures(settings, control.locator, model.device), control.spec)
     control.hooks.set_context(inputs.context)
     model_fn = with_control(model_fn, control.hooks, settings, sigmas)
-    return keep_known(model_fn, inputs.keep, inputs.known) if inputs.keep is not None else model_fn
+    return keep_known(model_fn, inputs.keep, inputs.known) if own and inputs.keep is not None else model_fn

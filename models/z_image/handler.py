@@ -98,6 +98,7 @@ class ZImageHandler:
         if settings.scheduler not in known:
             raise SettingsError(f"unknown scheduler {settings.scheduler!r} (available: {', '.join(known)})")
         _validate_control(settings, arch, caps)
+        _validate_images(settings)
 
     @staticmethod
     def notes(settings: GenerationSettings, arch: str) -> list[str]:
@@ -115,7 +116,7 @@ class ZImageHandler:
             notes.append(f"{arch} is a control model but no control image is given: generating without control")
         elif settings.control_image and settings.control_weight == 0:
             notes.append("control weight 0: the control image has no effect")
-        return notes
+        return notes + _image_notes(settings)
 
     # ---- files -------------------------------------------------------------------------------
 
@@ -329,10 +330,11 @@ class ZImageHandler:
         return describe_file(path)
 
     @staticmethod
-    def generate(model, settings: GenerationSettings, callback=None):
+    def generate(model, settings: GenerationSettings, callback=None, upscalers=None):
+        """Images for `settings`; `upscalers` (engine.images.upscalers.Upscalers) serves upscaler model names."""
         from models.z_image.pipeline import generate
 
-        return generate(model, settings, callback)
+        return generate(model, settings, callback, upscalers)
 
     @staticmethod
     def control_map(settings: GenerationSettings, locator: FileLocator, device):
@@ -360,6 +362,34 @@ def _validate_control(settings: GenerationSettings, arch: str, caps: Capabilitie
     open_user_image(settings.control_image, "control image")
     if settings.mask:
         load_mask(settings.mask)
+
+
+def _validate_images(settings: GenerationSettings) -> None:
+    """The init image (and its mask) must be usable pictures, checked before anything loads."""
+    if not settings.init_image:
+        return
+    from engine.images.io import load_mask, open_user_image
+
+    open_user_image(settings.init_image, "init image")
+    if settings.mask:
+        load_mask(settings.mask)
+
+
+def _image_notes(settings: GenerationSettings) -> list[str]:
+    """What the image settings will (not) do."""
+    notes = []
+    if settings.init_image:
+        if settings.strength == 0:
+            notes.append("strength 0: the init image is returned as it is" +
+                         (" (upscaled), no model pass" if settings.upscale > 1 else ", no model pass"))
+        elif settings.strength == 1 and not settings.mask:
+            notes.append("strength 1 without a mask: the init image's content is not used (text-to-image at "
+                         "its size)")
+        if any(settings.outpaint) and settings.strength < 1:
+            notes.append("outpaint margins start from stretched edge pixels: strength 1 paints them from scratch")
+    elif settings.upscale > 1 and settings.hires_strength == 0:
+        notes.append("hires strength 0: the base image is only upscaled")
+    return notes
 
 
 def _load_control(path, model, locator, dtype):

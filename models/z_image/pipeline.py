@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 
@@ -46,6 +47,8 @@ class GeneratedImage:
     settings: GenerationSettings  # the exact settings that reproduce this image (its run's seed)
     batch_index: int
     memory: dict = field(default_factory=dict)  # peak RAM/VRAM per stage of the call that made it
+    passes: list = field(default_factory=list)  # each denoising pass: size, steps run, strength (for the PNG)
+    notes: list = field(default_factory=list)  # worth telling the user (e.g. a picture scaled to fit)
 
 
 def initial_noise(settings: GenerationSettings, generator: torch.Generator, channels: int) -> torch.Tensor:
@@ -133,16 +136,11 @@ def normalize_guided(pos: torch.Tensor, guided: torch.Tensor, k: float) -> torch
     return torch.where(norm > limit, guided * (limit / norm), guided)
 
 
-@torch.no_grad()
 def decode(model: ZImageModel, latents: torch.Tensor) -> list:
-    """Latents [B, 16, h, w] -> PIL images, as diffusers' VaeImageProcessor post-processes them."""
-    from PIL import Image
+    """Latents [B, 16, h, w] -> PIL images, as diffusers' VaeImageProcessor post-processes them (tiled when big)."""
+    from models.z_image.vae import decode as vae_decode
 
-    cfg = model.vae.config
-    z = latents.to(model.device, model.vae.dtype) / cfg.scaling_factor + cfg.shift_factor
-    pixels = model.vae.decode(z, return_dict=False)[0]
-    arr = (pixels / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
-    return [Image.fromarray((a * 255).round().astype("uint8")) for a in arr]
+    return vae_decode(model, latents)
 
 
 def schedule_for(settings: GenerationSettings, device) -> torch.Tensor:
@@ -165,48 +163,52 @@ def make_nag(model: ZImageModel, settings: GenerationSettings, negative):
                                      settings.nag_alpha, settings.nag_start, settings.nag_end, blocks)
 
 
-def compose_model_fn(model: ZImageModel, settings: GenerationSettings, captions, negative, schedule, nag=None):
+def compose_model_fn(model: ZImageModel, settings: GenerationSettings, captions, negative, schedule, nag=None,
+                     control=None):
     """The sampler's model_fn: TwinFlow's, or the flow one with CFG; NAG around either; then control hints
-    (and inpaint); LoRA strengths set per step around all."""
+    (and inpaint; `control`: this pass's ControlInputs, else the settings' pictures); LoRA strengths set per
+    step around all."""
     if SAMPLERS[settings.sampler].time_target:
         model_fn = make_twinflow_fn(model, captions)
     else:
         model_fn = make_model_fn(model, settings, captions, negative if settings.cfg_on else None)
     if nag is not None:
         model_fn = nag.wrap(model_fn, schedule)
-    model_fn = add_control(model, settings, schedule, model_fn)
+    model_fn = add_control(model, settings, schedule, model_fn, control)
     return scheduled(model_fn, model.loras, settings.loras, schedule)
 
 
 @torch.no_grad()
-def generate(model: ZImageModel, settings: GenerationSettings, callback=None) -> list[GeneratedImage]:
-    """All images for `settings` (count runs of batch_size images, seeds seed, seed+1, ...)."""
-    settings = output_size(settings.with_seed())  # control_fit "image" takes the control image's aspect ratio
+def generate(model: ZImageModel, settings: GenerationSettings, callback=None, upscalers=None) \
+        -> list[GeneratedImage]:
+    """All images for `settings` (count runs of batch_size images, seeds seed, seed+1, ...): from text, or from
+    an init image (img2img, inpaint, outpaint, upscale; models.z_image.images_in), with the hires fix."""
+    from models.z_image import images_in
+    from models.z_image.passes import Conditioning
+
+    settings = settings.with_seed()
+    if not settings.init_image:
+        settings = output_size(settings)  # control_fit "image" takes the control image's aspect ratio
     memory = MemoryMonitor(model.device)
+    work = images_in.prepare(model, settings, upscalers)
     with_negative = settings.cfg_on or settings.nag_on
     prompts = [settings.prompt] + ([settings.negative_prompt] if with_negative else [])
     with memory.stage("text encoding"):
         feats = model.encoder.encode(prompts, settings.text_hidden_layer)
     negative = feats[1] if with_negative else None
-    schedule = schedule_for(settings, model.device)
-    nag = make_nag(model, settings, negative)
-    sampler = SAMPLERS[settings.sampler].fn
+    tools = SimpleNamespace(compose=compose_model_fn, noise=initial_noise, captions=varied_captions,
+                            schedule=schedule_for, decode=decode)
+    cond = Conditioning(model, tools, settings, feats[0], negative, make_nag(model, settings, negative), upscalers,
+                        memory)
     results = []
     for run in range(settings.count):
         seed = settings.seed + run
-        captions = varied_captions(feats[0], settings, seed, schedule)
-        model_fn = compose_model_fn(model, settings, captions, negative, schedule, nag)
-        generator = torch.Generator("cpu").manual_seed(seed)
-        x = initial_noise(settings, generator, model.transformer.config.in_channels).to(model.device)
-        step_cb = (lambda i, n, lat, r=run: callback(r, i, n, lat)) if callback else None
-        with memory.stage("denoising"):
-            latents = sampler(model_fn, x, schedule, callback=step_cb, generator=generator)
-        with memory.stage("decoding"):
-            images = decode(model, latents)
+        images, passes = images_in.run(cond, work, seed, callback, run)
         run_settings = dataclasses.replace(settings, seed=seed, count=1)
-        results += [GeneratedImage(img, run_settings, b) for b, img in enumerate(images)]
+        results += [GeneratedImage(img, run_settings, b, passes=passes) for b, img in enumerate(images)]
     report = memory.as_dict()
     log_report(report)
     for result in results:
         result.memory = report
+        result.notes = list(work.notes)
     return results
