@@ -1,0 +1,141 @@
+"""The job queue (engine.jobs): one queue feeding one or several workers, model-type affinity, retries of jobs
+whose worker was lost, bounds (429-style Busy) and shutdown. Jobs here are plain functions; no model."""
+
+import threading
+
+import pytest
+
+from engine.errors import Busy, Interrupted, ShuttingDown
+from engine.jobs import CANCELLED, DONE, FAILED, Job, JobQueue, Retry, pick
+
+WAIT = 30  # seconds: generous bounds, never reached when things work
+
+
+def blocker():
+    """A job body that runs until released; `started` is set once it runs (and records its slot)."""
+    started, release, seen = threading.Event(), threading.Event(), {}
+
+    def work(ctx):
+        seen["slot"] = ctx.slot
+        started.set()
+        assert release.wait(WAIT)
+        return "released"
+
+    return work, started, release, seen
+
+
+def test_two_slots_run_two_jobs_at_once_and_positions_count_free_slots():
+    q = JobQueue(slots=2)
+    (w1, s1, r1, seen1), (w2, s2, r2, seen2) = blocker(), blocker()
+    a, b = q.submit(w1, "u"), q.submit(w2, "u")
+    assert s1.wait(WAIT) and s2.wait(WAIT)  # both run together
+    assert {seen1["slot"], seen2["slot"]} == {0, 1}
+    c = q.submit(lambda ctx: "third", "u")
+    assert q.position(a) == 0 and q.position(c) == 1  # both slots busy: one to finish first
+    r1.set()
+    assert c.outcome() == "third" and a.outcome() == "released"
+    r2.set()
+    assert b.outcome() == "released" and q.position(b) == -1
+
+
+def job(affinity, skipped=0):
+    j = Job("x", "u", "api", None, affinity=affinity)
+    j.skipped = skipped
+    return j
+
+
+def test_pick_prefers_the_loaded_model_type_without_starving_others():
+    waiting = [job("base"), job("turbo"), job(None)]
+    assert pick(waiting, "turbo", set()) == 1  # its worker holds turbo: take the turbo job first
+    assert pick(waiting, "other", set()) == 0  # nothing for it: the oldest job
+    assert pick(waiting, "other", {"base"}) == 1  # the oldest is for an idle worker holding base: leave it
+    assert pick([job("base")], None, {"base"}) is None  # the only job is for the other idle worker
+    assert pick([job("base", skipped=4), job("turbo")], "turbo", set()) == 0  # passed over too often: its turn
+    assert pick([], "turbo", set()) is None
+
+
+def test_a_free_slot_holding_the_model_type_takes_its_job():
+    q = JobQueue(slots=2)
+    done = {}
+    for slot_type in ("turbo", "base"):  # warm up: slot -> model type
+        w, started, release, seen = blocker()
+        j = q.submit(w, "u", affinity=slot_type)
+        assert started.wait(WAIT)
+        done[slot_type] = (j, release, seen)
+    for _, release, _ in done.values():
+        release.set()
+    for j, _, _ in done.values():
+        j.outcome()
+    slots = {t: seen["slot"] for t, (_, _, seen) in done.items()}
+    for _ in range(3):  # each type goes back to the worker that holds it
+        for model_type in ("base", "turbo"):
+            j = q.submit(lambda ctx: ctx.slot, "u", affinity=model_type)
+            assert j.outcome() == slots[model_type]
+
+
+def test_a_lost_worker_retries_the_job_once_then_fails_with_the_reason():
+    q = JobQueue(slots=2)
+    runs = []
+
+    def flaky(ctx):
+        runs.append(ctx.slot)
+        if len(runs) == 1:
+            raise Retry("the worker on cuda:0 stopped (exit code -9)")
+        return "second run"
+
+    j = q.submit(flaky, "u", retries=1)
+    assert j.outcome() == "second run" and j.attempts == 2 and len(runs) == 2
+
+    def always_lost(ctx):
+        raise Retry("the worker on cuda:1 stopped (exit code -9)")
+
+    j = q.submit(always_lost, "u", retries=1)
+    with pytest.raises(Retry, match=r"cuda:1 stopped \(exit code -9\).*tried 2 times"):
+        j.outcome()
+    assert j.state == FAILED
+    j = q.submit(always_lost, "u")  # no retries asked: fails at once
+    with pytest.raises(Retry, match="tried 1 times"):
+        j.outcome()
+
+
+def test_bounds_answer_busy_and_close_refuses_and_cancels_waiting():
+    q = JobQueue(max_per_owner=1, max_waiting=2)
+    w, started, release, _ = blocker()
+    running = q.submit(w, "a")
+    assert started.wait(WAIT)
+    waiting = q.submit(lambda ctx: 1, "a")
+    with pytest.raises(Busy, match="at most 1"):
+        q.submit(lambda ctx: 1, "a")  # a's own cap
+    q.submit(lambda ctx: 1, "b")
+    with pytest.raises(Busy, match="queue is full"):
+        q.submit(lambda ctx: 1, "c")  # everyone's cap
+    q.close("the server is shutting down")
+    with pytest.raises(ShuttingDown, match="shutting down"):
+        q.submit(lambda ctx: 1, "c")
+    assert waiting.state == CANCELLED
+    with pytest.raises(Interrupted, match="never started"):
+        waiting.outcome()
+    release.set()
+    assert running.outcome() == "released" and running.state == DONE  # the running job finishes
+
+
+def test_cancel_is_per_owner_with_several_slots():
+    q = JobQueue(slots=2)
+    s1 = threading.Event()
+    w2, s2, r2, _ = blocker()
+
+    def stoppable(ctx):
+        s1.set()
+        while True:
+            ctx.check()  # where Stop takes effect
+            threading.Event().wait(0.01)
+
+    mine = q.submit(stoppable, "me")
+    theirs = q.submit(w2, "them")
+    assert s1.wait(WAIT) and s2.wait(WAIT)
+    assert not q.cancel(mine.id, "them")  # not theirs to cancel
+    assert q.stop("me")
+    with pytest.raises(Interrupted):
+        mine.outcome()
+    r2.set()
+    assert theirs.outcome() == "released"
