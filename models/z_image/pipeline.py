@@ -186,7 +186,8 @@ def generate(model: ZImageModel, settings: GenerationSettings, callback=None) ->
     with_negative = settings.cfg_on or settings.nag_on
     prompts = [settings.prompt] + ([settings.negative_prompt] if with_negative else [])
     with memory.stage("text encoding"):
-        feats = model.encoder.encode(prompts, settings.text_hidden_layer)
+        # the text encoder may sit on a device of its own (LoadOptions.text_encoder_device)
+        feats = [f.to(model.device) for f in model.encoder.encode(prompts, settings.text_hidden_layer)]
     negative = feats[1] if with_negative else None
     schedule = schedule_for(settings, model.device)
     nag = make_nag(model, settings, negative)
