@@ -241,8 +241,8 @@ class JobQueue:
     def _next(self, slot: int) -> Job:
         """Wait for a job this slot should take (see `pick`), and mark it running."""
         while True:
-            idle = [s for s in range(self.slots) if s not in self._running and s != slot]
-            index = pick(self._waiting, self._holds.get(slot), {self._holds.get(s) for s in idle})
+            idle = {s for s in range(self.slots) if s not in self._running and s != slot}
+            index = pick(self._waiting, slot, self._holds, idle)
             if index is not None:
                 job = self._waiting.pop(index)
                 for skipped in self._waiting[:index]:
@@ -272,7 +272,7 @@ class JobQueue:
                     outcome = (CANCELLED, None, Interrupted("stopped by the user"))
                 elif lost and job.attempts <= job.retries and not self._closed:
                     outcome = None
-                    job.state = QUEUED
+                    job.state, job.last_event = QUEUED, None  # its progress starts again
                     self._waiting.insert(0, job)  # first in line again, for whichever worker is free
                 elif lost:
                     outcome = (FAILED, None, Retry(f"{outcome[2]} (tried {job.attempts} times)"))
@@ -293,18 +293,25 @@ class JobQueue:
             del self._jobs[job.id]
 
 
-def pick(waiting: list[Job], holds: str | None, others: set) -> int | None:
-    """Which waiting job a free slot takes: the first one for the model type its worker holds (`holds`), unless
-    an older job was already passed over too often; else the first one no other idle slot holds the model
-    for (`others`); None: leave them to those slots."""
+def pick(waiting: list[Job], slot: int, holds: dict, idle: set) -> int | None:
+    """Which waiting job the free slot `slot` takes. `holds`: slot -> model type its worker last ran; `idle`:
+    the other free slots. First a job for the model type it holds (unless an older job was passed over too
+    often), else the first job no other idle slot is better for: one holding its model type, or any other
+    one for a job whose worker was lost on this slot. None: leave them to those slots."""
     if not waiting:
         return None
-    if holds is not None and waiting[0].skipped < MAX_SKIPS:
+    mine = holds.get(slot)
+    theirs = {holds.get(s) for s in idle} - {None}
+
+    def retried_here(job):
+        return job.attempts > 0 and job.slot == slot and bool(idle)
+
+    if mine is not None and waiting[0].skipped < MAX_SKIPS:
         for i, job in enumerate(waiting):
-            if job.affinity == holds:
+            if job.affinity == mine and not retried_here(job):
                 return i
     for i, job in enumerate(waiting):
-        if job.affinity is None or job.affinity not in others:
+        if not retried_here(job) and (job.affinity is None or job.affinity == mine or job.affinity not in theirs):
             return i
     return None
 

@@ -38,20 +38,30 @@ def test_two_slots_run_two_jobs_at_once_and_positions_count_free_slots():
     assert b.outcome() == "released" and q.position(b) == -1
 
 
-def job(affinity, skipped=0):
+def job(affinity, skipped=0, ran_on=None):
     j = Job("x", "u", "api", None, affinity=affinity)
     j.skipped = skipped
+    if ran_on is not None:
+        j.attempts, j.slot = 1, ran_on
     return j
 
 
 def test_pick_prefers_the_loaded_model_type_without_starving_others():
     waiting = [job("base"), job("turbo"), job(None)]
-    assert pick(waiting, "turbo", set()) == 1  # its worker holds turbo: take the turbo job first
-    assert pick(waiting, "other", set()) == 0  # nothing for it: the oldest job
-    assert pick(waiting, "other", {"base"}) == 1  # the oldest is for an idle worker holding base: leave it
-    assert pick([job("base")], None, {"base"}) is None  # the only job is for the other idle worker
-    assert pick([job("base", skipped=4), job("turbo")], "turbo", set()) == 0  # passed over too often: its turn
-    assert pick([], "turbo", set()) is None
+    assert pick(waiting, 0, {0: "turbo"}, set()) == 1  # its worker holds turbo: take the turbo job first
+    assert pick(waiting, 0, {0: "other"}, set()) == 0  # nothing for it: the oldest job
+    assert pick(waiting, 0, {0: "other", 1: "base"}, {1}) == 1  # the oldest is for idle slot 1 (holds base)
+    assert pick(waiting, 0, {0: "other", 1: "base"}, set()) == 0  # slot 1 is busy: take it
+    assert pick([job("base")], 0, {1: "base"}, {1}) is None  # the only job is for the other idle worker
+    assert pick([job("base", skipped=4), job("turbo")], 0, {0: "turbo"}, set()) == 0  # passed over too often
+    assert pick([], 0, {0: "turbo"}, set()) is None
+
+
+def test_pick_sends_a_job_whose_worker_was_lost_to_another_worker():
+    retried = [job("turbo", ran_on=0)]
+    assert pick(retried, 0, {0: "turbo"}, {1}) is None  # slot 1 is free: it runs it again
+    assert pick(retried, 1, {}, {0}) == 0
+    assert pick(retried, 0, {0: "turbo"}, set()) == 0  # nobody else free: its own slot, once restarted
 
 
 def test_a_free_slot_holding_the_model_type_takes_its_job():
