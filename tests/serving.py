@@ -52,6 +52,17 @@ def wait_for(http, job_url: str, states=("done", "failed", "cancelled"), timeout
     raise AssertionError(f"{job_url} still {view['state']} after {timeout} s")
 
 
+def submit(http, settings: dict, tries: int = 10) -> dict:
+    """POST a job as a polite client does: on 429, wait Retry-After seconds and try again (bounded)."""
+    for _ in range(tries):
+        answer = http.post("/v1/jobs", json=settings)
+        if answer.status_code != 429:
+            assert answer.status_code == 202, answer.text
+            return answer.json()
+        time.sleep(float(answer.headers["retry-after"]))
+    raise AssertionError(f"still refused after {tries} tries")
+
+
 def pixels(png: bytes | Path) -> np.ndarray:
     data = Path(png).read_bytes() if isinstance(png, Path) else png
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))

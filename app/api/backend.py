@@ -34,6 +34,7 @@ class JobView:
     error: str | None = None
     notes: list[str] = field(default_factory=list)
     attempts: int = 0
+    worker: str | None = None  # which worker runs (or ran) it, when there are several
 
 
 @dataclass
@@ -108,6 +109,8 @@ class LocalBackend:
         if job is None:
             return None
         view = JobView(job.id, job.state, steps=getattr(job, "steps", 0), attempts=job.attempts)
+        if self.pool is not None and job.slot is not None:
+            view.worker = f"{self.pool.devices[job.slot]} (worker {job.slot})"
         if job.state == QUEUED:
             view.position = self.queue.position(job)
         event = job.last_event

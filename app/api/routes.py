@@ -91,7 +91,8 @@ def build_api(backend, engine, auth, outputs: Path, types: list[str] | None = No
 def job_out(view, request) -> dict:
     steps = max(view.steps, 1)
     return {"id": view.id, "url": str(request.url_for("get_job", job_id=view.id)), "state": view.state,
-            "position": view.position, "attempts": view.attempts, "error": view.error, "notes": view.notes,
+            "position": view.position, "attempts": view.attempts, "worker": view.worker, "error": view.error,
+            "notes": view.notes,
             "progress": {"step": view.step, "steps": view.steps, "fraction": round(min(view.step / steps, 1), 4)},
             "images": [{"url": str(request.url_for("job_image", job_id=view.id, n=i)), "settings": image.settings}
                        for i, image in enumerate(view.images)]}

@@ -49,6 +49,7 @@ class JobOut(BaseModel):
     error: Optional[str] = None
     notes: list[str] = []
     attempts: int = Field(0, description="runs started (a job whose worker died runs again, once)")
+    worker: Optional[str] = Field(None, description="which worker runs (or ran) it, when there are several")
 
 
 class FileOut(BaseModel):
