@@ -283,3 +283,22 @@ def test_images_are_served_only_from_the_outputs_folder(engine, tmp_path):
     for n in (1, 2):
         answer = http.get(f"/v1/jobs/1/images/{n}", headers=headers)
         assert answer.status_code == 404 and b"not for you" not in answer.content
+
+
+def test_a_page_shared_without_a_login_serves_no_api(tiny_model_json, tmp_path, monkeypatch, capsys):
+    """A share link reaches the page from anywhere, through a local tunnel: no login, no API."""
+    import gradio.networking
+
+    from app.web import launch
+
+    monkeypatch.setattr(gradio.networking, "setup_tunnel", lambda **kw: "https://fake-share.gradio.live")
+    monkeypatch.chdir(tmp_path)
+    port = free_port()
+    demo = launch.launch(build_parser().parse_args(["--model-def", str(tiny_model_json[0]), "--share",
+                                                    "--server-port", str(port)]), block=False)
+    try:
+        assert "the HTTP API (/v1) is off" in capsys.readouterr().err
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 404
+        assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200
+    finally:
+        demo.close()

@@ -27,6 +27,7 @@ RETRY_AFTER = 5  # seconds a client is told to wait when the queue is full
 ADMIT_SECONDS = 0.5  # a job not refused by then is queued (Ray refuses at once when its queue is full)
 RETRIES = 1  # runs again after its replica died, at most
 KEEP_FINISHED = 256
+HEAD = "node:__internal_head__"  # Ray's resource of the head node: the ingress (and its images) stay there
 
 
 def need_ray():
@@ -288,8 +289,8 @@ def build_application(args):
     if args.lock_model:
         factory("cpu").registry.get(args.lock_model)  # an unknown type: an error now, not in every replica
     worker = serve.deployment(ImageWorker, name="ImageWorker", **worker_options(args))
-    ingress = serve.deployment(serve.ingress()(Ingress), name="Ingress", num_replicas=1,
-                               ray_actor_options={"num_cpus": 0})
+    ingress = serve.deployment(serve.ingress()(Ingress), name="Ingress", num_replicas=1,  # it holds the job table
+                               ray_actor_options={"num_cpus": 0, "resources": {HEAD: 0.001}})
     types = [args.lock_model] if args.lock_model else None
     return ingress.bind(worker.bind(factory, args.replica_cpus), factory, auth, str(Path(args.output).resolve()),
                         types), auth

@@ -44,7 +44,8 @@ def local_backend(args, engine):
 
     devices = devices_from(args.gpus)
     pool = WorkerPool(WorkerEngine(args), devices)
-    print(f"starting {len(devices)} workers ({', '.join(devices)}) ...", file=sys.stderr)
+    print(f"starting {len(devices)} worker process{'es' if len(devices) > 1 else ''} ({', '.join(devices)}) ...",
+          file=sys.stderr)
     pool.start()
     queue = JobQueue(max_per_owner=args.max_jobs_per_user, slots=len(devices), max_waiting=args.max_queue)
     return LocalBackend(queue, pool.run, outputs, retries=1, pool=pool)

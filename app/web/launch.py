@@ -64,10 +64,15 @@ def launch(args, block: bool = True):
               "use your GPU. Add --auth USER:PASSWORD.", file=sys.stderr)
     demo = build_ui(engine, lock_model=args.lock_model, exposed_without_auth=exposed, output_dir=OUTPUT_DIR)
     app_kwargs = {}
-    if not args.no_api:  # the HTTP API at /v1, next to the page (app.api)
-        app_kwargs["lifespan"], api_auth = page_lifespan(engine, args, logins, OUTPUT_DIR)
-        local = "" if api_auth.enabled else ", answering this computer only (no login)"
-        print(f"note: HTTP API at /v1 (documentation: /v1/docs){local}", file=sys.stderr)
+    if not args.no_api:  # the HTTP API at /v1, next to the page (app.api); without a login, this computer only
+        lifespan, api_auth = page_lifespan(engine, args, logins, OUTPUT_DIR)
+        if exposed and not api_auth.enabled:
+            print("note: the HTTP API (/v1) is off: without a login it serves this computer only, and this page "
+                  "is reachable from others (add --auth or --api-key-file)", file=sys.stderr)
+        else:
+            app_kwargs["lifespan"] = lifespan
+            local = "" if api_auth.enabled else ", answering this computer only (no login)"
+            print(f"note: HTTP API at /v1 (documentation: /v1/docs){local}", file=sys.stderr)
     demo.queue(default_concurrency_limit=1).launch(
         server_name=host, server_port=args.server_port, share=args.share, auth=logins or None,
         inbrowser=args.open_browser, allowed_paths=[str(Path(OUTPUT_DIR).resolve())], prevent_thread_lock=not block,
