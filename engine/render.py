@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.errors import UserError
+
 
 @dataclass(frozen=True)
 class Rendered:
@@ -18,9 +20,17 @@ def render(engine, request, ctx) -> list[Rendered]:
     """Run `request` (engine.engine.Request) on `engine` inside a job (`ctx`: engine.jobs.JobContext): LoRAs,
     generate, encode. Steps are reported without their latents (nobody previews them, and they would pile up
     in the job's events)."""
+    import torch
+
     for warning in engine.apply_loras(request):
         ctx.note(warning)
-    results = engine.generate(request, lambda run, step, total, _latents: ctx.on_step(run, step, total, None),
-                              ctx.on_token)
+    try:
+        results = engine.generate(request, lambda run, step, total, _latents: ctx.on_step(run, step, total, None),
+                                  ctx.on_token)
+    except torch.cuda.OutOfMemoryError:
+        engine.unload()  # the next job loads afresh rather than fail the same way
+        s = request.settings
+        raise UserError(f"out of GPU memory at {s.width}x{s.height} (batch {s.batch_size}): the model was "
+                        "unloaded; try a smaller size or batch") from None
     ctx.stage("encoding")
     return [Rendered(png, r.settings.to_dict(), r.settings.seed) for png, r in zip(engine.encode(results), results)]

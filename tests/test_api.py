@@ -302,3 +302,28 @@ def test_a_page_shared_without_a_login_serves_no_api(tiny_model_json, tmp_path, 
         assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200
     finally:
         demo.close()
+
+
+def test_out_of_gpu_memory_fails_the_job_clearly_and_frees_the_model(engine, monkeypatch):
+    """Every serving worker runs engine.render: out of memory is the job's error, and the model is let go."""
+    import torch
+
+    from engine.engine import Engine
+    from engine.errors import UserError
+    from engine.jobs import JobQueue
+    from engine.render import render
+
+    worker = Engine(engine.registry, engine.locator)
+    request = worker.prepare(worker.settings_for(TINY, prompt="x", width=512, height=768, num_inference_steps=1))
+    unloaded = []
+    monkeypatch.setattr(worker, "apply_loras", lambda request: [])
+    monkeypatch.setattr(worker, "unload", lambda: unloaded.append(True))
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(worker, "generate", out_of_memory)
+    job = JobQueue().submit(lambda ctx: render(worker, request, ctx), "u", "api")
+    with pytest.raises(UserError, match="out of GPU memory at 512x768 .*the model was unloaded"):
+        job.outcome()
+    assert unloaded == [True]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.jobs import FAILED, QUEUED, StepEvent
+from engine.jobs import QUEUED, StepEvent
 
 SHUTDOWN_GRACE = 30.0  # seconds running jobs get to finish when the server stops
 
@@ -119,7 +119,7 @@ class LocalBackend:
         if isinstance(job.result, Finished):
             view.images, view.notes, view.step = job.result.images, job.result.notes, view.steps
         if job.error is not None:
-            view.error = str(job.error) if job.state == FAILED or str(job.error) else "cancelled"
+            view.error = str(job.error) or job.state
         return view
 
     async def cancel(self, job_id: str, owner: str) -> JobView | None:
