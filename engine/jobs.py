@@ -192,9 +192,6 @@ class JobQueue:
         jobs = list(self._running.values())
         return jobs[0] if jobs else None
 
-    def waiting(self) -> int:
-        return len(self._waiting)
-
     def running_jobs(self) -> list[Job]:
         with self._lock:
             return list(self._running.values())

@@ -29,8 +29,9 @@ def host_for(args, auth, say=print) -> str:
     return "127.0.0.1"
 
 
-def local_backend(args, engine):
-    """Jobs on this process's engine, or (--gpus) on one worker process per device, fed by one queue."""
+def local_backend(args, engine, threads: int | None = None):
+    """Jobs on this process's engine, or (--gpus) on one worker process per device, fed by one queue.
+    `threads`: torch threads of a CPU worker (default: the cores shared out)."""
     from app.api.backend import LocalBackend, in_process
     from engine.jobs import JobQueue
 
@@ -43,7 +44,7 @@ def local_backend(args, engine):
     from engine.workers import WorkerPool, devices_from
 
     devices = devices_from(args.gpus)
-    pool = WorkerPool(WorkerEngine(args), devices)
+    pool = WorkerPool(WorkerEngine(args), devices, threads)
     print(f"starting {len(devices)} worker process{'es' if len(devices) > 1 else ''} ({', '.join(devices)}) ...",
           file=sys.stderr)
     pool.start()
@@ -100,7 +101,7 @@ def start(app, host: str, port: int, timeout: float = 60) -> tuple[object, threa
     return server, thread
 
 
-def serve(args, block: bool = True) -> Running | int:
+def serve(args, block: bool = True, threads: int | None = None) -> Running | int:
     """Serve the API (without Ray); block=False returns the running server."""
     from app.setup import make_engine
     from app.web.launch import parse_logins
@@ -109,7 +110,7 @@ def serve(args, block: bool = True) -> Running | int:
     engine = make_engine(args)
     if args.lock_model:
         engine.registry.get(args.lock_model)
-    backend = local_backend(args, engine)
+    backend = local_backend(args, engine, threads)
     app, auth = build_app(args, engine, backend, logins)
     host = host_for(args, auth, lambda text: print(text, file=sys.stderr))
     server, thread = start(app, host, args.server_port)
