@@ -16,7 +16,8 @@ pytest.importorskip("httpx")
 from app.api.server import serve  # noqa: E402
 from app.cli import build_parser  # noqa: E402
 from engine.workers import devices_from, threads_for  # noqa: E402
-from tests.serving import USERS, cli_images, client, free_port, job_settings, pixels, wait_for, write_logins  # noqa: E402,E501
+from tests.serving import (USERS, cli_images, client, free_port, job_settings, pixels, wait_for,  # noqa: E402
+                           write_logins)
 
 WAIT = 240
 
