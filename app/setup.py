@@ -42,5 +42,18 @@ def load_options_from_args(args):
 
     given = {name: getattr(args, name, None) for name in (
         "transformer_quantization", "text_encoder_quantization", "profile", "preload_mb", "compile", "attention",
-        "vram_safety_coefficient")}
+        "vram_safety_coefficient", "text_encoder_device")}
     return LoadOptions(**{k: v for k, v in given.items() if v is not None and v is not False}).validate()
+
+
+class WorkerEngine:
+    """Builds a worker's engine in its own process (engine.workers): the same flags, on the worker's device.
+    Picklable: it carries the flags, not an engine."""
+
+    def __init__(self, args):
+        self.flags = {k: v for k, v in vars(args).items() if not callable(v)}
+
+    def __call__(self, device: str):
+        import argparse
+
+        return make_engine(argparse.Namespace(**{**self.flags, "device": device}))

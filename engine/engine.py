@@ -18,7 +18,7 @@ from engine import APP_NAME, APP_VERSION
 from engine.errors import SettingsError
 from engine.jobs import JobQueue
 from engine.load_options import LoadOptions
-from engine.outputs import save_png
+from engine.outputs import png_bytes, write_png_bytes
 from engine.registry import Registry
 from engine.settings import BUILTIN_UPSCALERS, GenerationSettings
 from engine.weights.files import FileLocator
@@ -267,7 +267,16 @@ class Engine:
             targets = [folder / f"{stem}_{i + 1}.png" for i in range(len(results))]
         else:
             targets = [output] * len(results)
+<<<<<<< HEAD
         return [save_png(r.image, r.settings, {**self.record(r.batch_index, r.settings),
                                                "memory": getattr(r, "memory", {}), "passes": getattr(r, "passes", [])},
                          t)
                 for r, t in zip(results, targets)]
+=======
+        return [write_png_bytes(data, r.settings.seed, t) for data, r, t in zip(self.encode(results), results, targets)]
+
+    def encode(self, results) -> list[bytes]:
+        """Each result as the PNG file this engine would save (settings and record embedded), in memory."""
+        return [png_bytes(r.image, r.settings, {**self.record(r.batch_index, r.settings),
+                                                "memory": getattr(r, "memory", {})}) for r in results]
+>>>>>>> i16

@@ -28,3 +28,15 @@ class DownloadError(UserError):
 
 class Interrupted(Exception):
     """The user pressed Stop; raised from a progress callback between steps."""
+
+
+class Busy(UserError):
+    """The job queue is full (for everyone, or for this user): try again later, or cancel a job."""
+
+    def __init__(self, message: str, retry_after: float = 5.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ShuttingDown(UserError):
+    """The server is stopping and takes no new jobs."""

@@ -4,6 +4,10 @@ control map, API jobs, and later training and image-to-LoRA).
 A job is a function of a JobContext, run by one worker thread in submission order. It reports steps, tokens
 and stages through the context; whoever waits on it reads them with `Job.events()`. Cancelling (only its
 owner may) stops a running job at its next report and a queued one before it starts.
+
+The same queue feeds several workers (one per GPU, engine.workers) when made with `slots=N`: each slot is a
+thread that takes the next job, preferring one for the model type its worker holds (`affinity`). A job whose
+worker was lost raises `Retry` and goes back to the front of the queue, up to its `retries`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from engine.errors import Interrupted, SettingsError
+from engine.errors import Busy, Interrupted, ShuttingDown
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
@@ -45,11 +49,18 @@ class StageEvent:
     name: str  # what the job is doing now: "loading", "decoding", "saving", ...
 
 
-class JobContext:
-    """Handed to a job's function: report progress through it; each report is also where Stop takes effect."""
+class Retry(Exception):
+    """Raised by a job's work when its worker was lost: run it again (on any slot), up to the job's `retries`;
+    after that the job fails with this message."""
 
-    def __init__(self, job: "Job"):
+
+class JobContext:
+    """Handed to a job's function: report progress through it; each report is also where Stop takes effect.
+    `slot`: which of the queue's workers runs it (0 with one worker)."""
+
+    def __init__(self, job: "Job", slot: int = 0):
         self.job = job
+        self.slot = slot
 
     def check(self) -> None:
         if self.job.cancel_requested.is_set():
@@ -86,6 +97,11 @@ class Job:
     started: float | None = None
     finished: float | None = None
     last_event: object = None
+    affinity: str | None = None  # the model type it needs: a worker holding it is preferred
+    retries: int = 0  # runs again this many times at most after a Retry
+    attempts: int = 0  # runs started
+    slot: int | None = None  # the slot of its last run
+    skipped: int = 0  # times a slot passed over it for a job of its own model type
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     _events: queue.Queue = field(default_factory=queue.Queue)
@@ -108,32 +124,42 @@ _END = object()
 
 
 class JobQueue:
-    """Submitted jobs run one after another on one worker thread."""
+    """Submitted jobs run one after another on one worker thread (or on `slots` threads, one per worker).
+    `max_per_owner` / `max_waiting`: waiting jobs allowed per owner / in all (more: Busy)."""
 
-    def __init__(self, max_per_owner: int | None = None):
+    def __init__(self, max_per_owner: int | None = None, slots: int = 1, max_waiting: int | None = None):
         self.max_per_owner = max_per_owner
+        self.max_waiting = max_waiting
+        self.slots = slots
         self._lock = threading.Lock()
         self._waiting: list[Job] = []
         self._wakeup = threading.Condition(self._lock)
-        self._running: Job | None = None
+        self._running: dict[int, Job] = {}  # slot -> its job
+        self._holds: dict[int, str | None] = {}  # slot -> model type its worker last ran
         self._jobs: dict[str, Job] = {}
         self._ids = itertools.count(1)
-        self._worker: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
+        self._closed: str | None = None  # why no new jobs are taken
 
     # ---- submitting and watching ----------------------------------------------------------------
 
-    def submit(self, work: Callable[[JobContext], Any], owner: str = "", kind: str = "generate") -> Job:
+    def submit(self, work: Callable[[JobContext], Any], owner: str = "", kind: str = "generate",
+               affinity: str | None = None, retries: int = 0) -> Job:
         with self._lock:
+            if self._closed:
+                raise ShuttingDown(self._closed)
             if self.max_per_owner is not None:
                 mine = [j for j in self._waiting if j.owner == owner]
                 if len(mine) >= self.max_per_owner:
-                    raise SettingsError(f"you have {len(mine)} jobs waiting already (at most "
-                                        f"{self.max_per_owner}); wait for one to finish or cancel one")
-            job = Job(f"{next(self._ids):06d}", owner, kind, work)
+                    raise Busy(f"you have {len(mine)} jobs waiting already (at most "
+                               f"{self.max_per_owner}); wait for one to finish or cancel one")
+            if self.max_waiting is not None and len(self._waiting) >= self.max_waiting:
+                raise Busy(f"the queue is full ({len(self._waiting)} jobs waiting); try again in a moment")
+            job = Job(f"{next(self._ids):06d}", owner, kind, work, affinity=affinity, retries=retries)
             self._jobs[job.id] = job
             self._waiting.append(job)
             self._ensure_worker()
-            self._wakeup.notify()
+            self._wakeup.notify_all()
         return job
 
     def run(self, work: Callable[[JobContext], Any], owner: str = "", kind: str = "generate"):
@@ -155,14 +181,20 @@ class JobQueue:
         with self._lock:
             if job.state in FINISHED:
                 return -1
-            if job is self._running:
+            if job.state == RUNNING or job not in self._waiting:
                 return 0
-            ahead = self._waiting.index(job) if job in self._waiting else 0
-            return ahead + (self._running is not None)
+            free = self.slots - len(self._running)
+            return max(0, self._waiting.index(job) + 1 - free)
 
     @property
     def running(self) -> Job | None:
-        return self._running
+        """The running job (the first one, with several slots)."""
+        jobs = list(self._running.values())
+        return jobs[0] if jobs else None
+
+    def running_jobs(self) -> list[Job]:
+        with self._lock:
+            return list(self._running.values())
 
     def finished(self) -> list[Job]:
         """Recently finished jobs, oldest first (the last few hundred are kept)."""
@@ -186,33 +218,69 @@ class JobQueue:
     def stop(self, owner: str) -> bool:
         """Cancel every unfinished job of `owner`'s; True if there was one."""
         with self._lock:
-            ids = [j.id for j in [self._running, *self._waiting] if j is not None and j.owner == owner]
+            ids = [j.id for j in [*self._running.values(), *self._waiting] if j.owner == owner]
         return any([self.cancel(job_id, owner) for job_id in ids])
+
+    def close(self, reason: str = "the server is shutting down") -> None:
+        """Take no new jobs (ShuttingDown with `reason`); jobs still waiting are cancelled with it. Running
+        jobs go on (wait for them with `Job.done`)."""
+        with self._lock:
+            self._closed = reason
+            for job in list(self._waiting):
+                job.cancel_requested.set()
+                self._waiting.remove(job)
+                self._finish(job, CANCELLED, error=Interrupted(f"{reason}: the job never started"))
 
     # ---- the worker -----------------------------------------------------------------------------
 
     def _ensure_worker(self) -> None:
-        if self._worker is None or not self._worker.is_alive():
-            self._worker = threading.Thread(target=self._work, daemon=True, name="gpu-jobs")
-            self._worker.start()
+        if not self._workers:
+            for slot in range(self.slots):
+                name = "gpu-jobs" if self.slots == 1 else f"gpu-jobs-{slot}"
+                self._workers.append(threading.Thread(target=self._work, args=(slot,), daemon=True, name=name))
+                self._workers[-1].start()
 
-    def _work(self) -> None:
+    def _next(self, slot: int) -> Job:
+        """Wait for a job this slot should take (see `pick`), and mark it running."""
+        while True:
+            idle = {s for s in range(self.slots) if s not in self._running and s != slot}
+            index = pick(self._waiting, slot, self._holds, idle)
+            if index is not None:
+                job = self._waiting.pop(index)
+                for skipped in self._waiting[:index]:
+                    skipped.skipped += 1
+                self._running[slot] = job
+                job.state, job.started, job.slot = RUNNING, job.started or time.monotonic(), slot
+                job.attempts += 1
+                return job
+            self._wakeup.wait()
+
+    def _work(self, slot: int) -> None:
         while True:
             with self._lock:
-                while not self._waiting:
-                    self._wakeup.wait()
-                job = self._waiting.pop(0)
-                self._running, job.state, job.started = job, RUNNING, time.monotonic()
+                job = self._next(slot)
             try:
-                result = job.work(JobContext(job))
+                result = job.work(JobContext(job, slot))
                 outcome = (DONE, result, None)
             except Interrupted as exc:
                 outcome = (CANCELLED, None, exc)
             except BaseException as exc:  # handed to whoever waits on the job, which reports it
                 outcome = (FAILED, None, exc)
             with self._lock:
-                self._running = None
-                self._finish(job, outcome[0], outcome[1], outcome[2])
+                del self._running[slot]
+                lost = isinstance(outcome[2], Retry)
+                self._holds[slot] = None if lost else job.affinity
+                if lost and job.cancel_requested.is_set():
+                    outcome = (CANCELLED, None, Interrupted("stopped by the user"))
+                elif lost and job.attempts <= job.retries and not self._closed:
+                    outcome = None
+                    job.state, job.last_event = QUEUED, None  # its progress starts again
+                    self._waiting.insert(0, job)  # first in line again, for whichever worker is free
+                elif lost:
+                    outcome = (FAILED, None, Retry(f"{outcome[2]} (tried {job.attempts} times)"))
+                if outcome is not None:
+                    self._finish(job, *outcome)
+                self._wakeup.notify_all()
 
     def _finish(self, job: Job, state: str, result=None, error=None) -> None:
         job.state, job.result, job.error, job.finished = state, result, error, time.monotonic()
@@ -225,3 +293,29 @@ class JobQueue:
         finished = [j for j in self._jobs.values() if j.state in FINISHED]
         for job in finished[: max(0, len(finished) - keep)]:
             del self._jobs[job.id]
+
+
+def pick(waiting: list[Job], slot: int, holds: dict, idle: set) -> int | None:
+    """Which waiting job the free slot `slot` takes. `holds`: slot -> model type its worker last ran; `idle`:
+    the other free slots. First a job for the model type it holds (unless an older job was passed over too
+    often), else the first job no other idle slot is better for: one holding its model type, or any other
+    one for a job whose worker was lost on this slot. None: leave them to those slots."""
+    if not waiting:
+        return None
+    mine = holds.get(slot)
+    theirs = {holds.get(s) for s in idle} - {None}
+
+    def retried_here(job):
+        return job.attempts > 0 and job.slot == slot and bool(idle)
+
+    if mine is not None and waiting[0].skipped < MAX_SKIPS:
+        for i, job in enumerate(waiting):
+            if job.affinity == mine and not retried_here(job):
+                return i
+    for i, job in enumerate(waiting):
+        if not retried_here(job) and (job.affinity is None or job.affinity == mine or job.affinity not in theirs):
+            return i
+    return None
+
+
+MAX_SKIPS = 4  # a job passed over this often (for jobs of a loaded model type) is taken next

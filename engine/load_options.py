@@ -25,6 +25,8 @@ class LoadOptions:
     compile: bool = False  # torch.compile the transformer's blocks (CUDA profiles)
     attention: str = "sdpa"
     vram_safety_coefficient: float = 0.8  # share of VRAM the profile may fill with weights
+    # Serving (several GPUs): the text encoder on a device of its own (e.g. "cuda:1"); None: with the transformer
+    text_encoder_device: str | None = None
 
     def validate(self) -> "LoadOptions":
         for name in ("transformer_quantization", "text_encoder_quantization"):
@@ -40,7 +42,30 @@ class LoadOptions:
         c = self.vram_safety_coefficient
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c < 1:
             raise SettingsError(f"VRAM safety coefficient must be between 0 and 1 (exclusive), got {c!r}")
+        self._validate_text_encoder_device()
         return self
+
+    def _validate_text_encoder_device(self) -> None:
+        """A torch device this machine has (checked before anything is loaded)."""
+        name = self.text_encoder_device
+        if name is None:
+            return
+        import torch
+
+        try:
+            device = torch.device(name) if isinstance(name, str) else None
+        except RuntimeError:
+            device = None
+        if device is None or device.type not in ("cpu", "cuda"):
+            raise SettingsError(f"text encoder device {name!r} is not a device such as cuda:1 or cpu")
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0:
+                raise SettingsError(f"text encoder device {name}: PyTorch sees no CUDA GPU (a CPU-only build, or "
+                                    "no driver)")
+            if (device.index or 0) >= count:
+                raise SettingsError(f"text encoder device {name}: this machine has {count} CUDA GPU(s), "
+                                    f"cuda:0 to cuda:{count - 1}")
 
     def quantization(self, component: str) -> str:
         """The requested file kind of a component: control modules follow the transformer; "auto" for the rest."""

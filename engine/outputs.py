@@ -16,18 +16,34 @@ PNG_KEY = "zimage_settings"
 
 def save_png(image, settings: GenerationSettings, record: dict, target: Path) -> Path:
     """Write `image` with its settings; `target` is a folder (auto name) or a .png path (kept if free)."""
+    return write_png_bytes(png_bytes(image, settings, record), settings.seed, target)
+
+
+def png_bytes(image, settings: GenerationSettings, record: dict) -> bytes:
+    """The PNG file of `image`, its settings and record embedded (what save_png writes), in memory: a worker
+    in another process or on another machine hands these bytes back to be written."""
+    import io
+
     from PIL.PngImagePlugin import PngInfo
 
+    info = PngInfo()
+    info.add_itxt(PNG_KEY, json.dumps({"settings": settings.to_dict(), "record": record}, ensure_ascii=False))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def write_png_bytes(data: bytes, seed: int, target: Path) -> Path:
+    """Write a finished PNG file atomically: a temporary file, then its final name (never overwriting);
+    `target` is a folder (auto name from the time and seed) or a .png path (kept if free)."""
     target = Path(target)
     folder, stem = (target.parent, target.stem) if target.suffix.lower() == ".png" else (target, None)
     folder.mkdir(parents=True, exist_ok=True)
-    stem = stem or f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_seed{settings.seed}"
-    info = PngInfo()
-    info.add_itxt(PNG_KEY, json.dumps({"settings": settings.to_dict(), "record": record}, ensure_ascii=False))
+    stem = stem or f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_seed{seed}"
     fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".png", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format="PNG", pnginfo=info)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         return _publish(Path(tmp), folder, stem)

@@ -37,7 +37,26 @@ def test_failed_write_leaves_nothing(tmp_path):
 
     with pytest.raises(OSError):
         save_png(Broken(), settings(), {}, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []  # encoded before writing
+
+
+def test_interrupted_write_of_finished_bytes_leaves_nothing(tmp_path, monkeypatch):
+    """A worker's PNG bytes are written by whoever asked: a failure mid-write leaves no file, not half a one."""
+    from engine.outputs import png_bytes, write_png_bytes
+
+    data = png_bytes(Image.new("RGB", (8, 8), "red"), settings(), {"worker": 1})
+
+    def full_disk(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="disk full"):
+        write_png_bytes(data, 7, tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
+    monkeypatch.undo()
+    path = write_png_bytes(data, 7, tmp_path / "out")
+    assert path.read_bytes() == data and path.name.endswith("_seed7.png")
+    assert read_png_settings(path)[1] == {"worker": 1}
 
 
 def test_png_without_settings(tmp_path):

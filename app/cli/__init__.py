@@ -6,12 +6,20 @@ from __future__ import annotations
 
 import sys
 
+<<<<<<< HEAD
 from app.cli import generate, loras, models, upscale
+=======
+from app.cli import generate, loras, models, serve
+>>>>>>> i16
 from app.cli.options import Parser, common_options
 from app.web import launch
 from engine.errors import ModelDefinitionError, SettingsError, UserError
 
+<<<<<<< HEAD
 COMMANDS = (generate, loras, models, upscale)
+=======
+COMMANDS = (generate, loras, models, serve)
+>>>>>>> i16
 
 
 def build_parser() -> Parser:

@@ -59,6 +59,9 @@ def memory_options(p: argparse.ArgumentParser) -> None:
                                                                   "need their packages and CUDA)")
     g.add_argument("--vram-safety-coefficient", type=float, metavar="X",
                    help="share of VRAM a profile may fill with weights, 0-1 (default 0.8)")
+    g.add_argument("--text-encoder-device", metavar="DEV",
+                   help="run the text encoder on this device, e.g. cuda:1 (a second GPU), whole and outside the "
+                        "memory profile (default: with the transformer)")
 
 
 def generate_options(p: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from app.api.mount import add_flags as api_flags
 from engine.errors import SettingsError
 
 OUTPUT_DIR = "outputs"
@@ -20,6 +21,7 @@ def add(parser) -> None:
     g.add_argument("--auth-file", metavar="FILE", help="require a login from this file (one USER:PASSWORD a line)")
     g.add_argument("--open-browser", action="store_true", help="open the page in the browser")
     g.add_argument("--lock-model", metavar="TYPE", help="serve only this model type")
+    api_flags(g)
 
 
 def parse_logins(auth: str | None, auth_file: str | None) -> list[tuple[str, str]]:
@@ -45,6 +47,7 @@ def parse_logins(auth: str | None, auth_file: str | None) -> list[tuple[str, str
 
 def launch(args, block: bool = True):
     """Serve the UI; with block=False (tests) return the running Blocks instead of waiting."""
+    from app.api.mount import page_lifespan
     from app.setup import make_engine
     from app.web.page import build_ui
 
@@ -60,7 +63,18 @@ def launch(args, block: bool = True):
         print("WARNING: the app is reachable from other machines without a login: anyone with the address can "
               "use your GPU. Add --auth USER:PASSWORD.", file=sys.stderr)
     demo = build_ui(engine, lock_model=args.lock_model, exposed_without_auth=exposed, output_dir=OUTPUT_DIR)
+    app_kwargs = {}
+    if not args.no_api:  # the HTTP API at /v1, next to the page (app.api); without a login, this computer only
+        lifespan, api_auth = page_lifespan(engine, args, logins, OUTPUT_DIR)
+        if exposed and not api_auth.enabled:
+            print("note: the HTTP API (/v1) is off: without a login it serves this computer only, and this page "
+                  "is reachable from others (add --auth or --api-key-file)", file=sys.stderr)
+        else:
+            app_kwargs["lifespan"] = lifespan
+            local = "" if api_auth.enabled else ", answering this computer only (no login)"
+            print(f"note: HTTP API at /v1 (documentation: /v1/docs){local}", file=sys.stderr)
     demo.queue(default_concurrency_limit=1).launch(
         server_name=host, server_port=args.server_port, share=args.share, auth=logins or None,
-        inbrowser=args.open_browser, allowed_paths=[str(Path(OUTPUT_DIR).resolve())], prevent_thread_lock=not block)
+        inbrowser=args.open_browser, allowed_paths=[str(Path(OUTPUT_DIR).resolve())], prevent_thread_lock=not block,
+        app_kwargs=app_kwargs)
     return 0 if block else demo

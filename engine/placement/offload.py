@@ -153,8 +153,17 @@ def set_attention(transformer, attention: str, device) -> None:
 
 
 def place(parts: dict, options, device, dtype) -> Placement:
-    """Put the loaded components ({"transformer", "text_encoder", "vae"}) where they will run."""
+    """Put the loaded components ({"transformer", "text_encoder", "vae"}) where they will run. A text encoder
+    given a device of its own (options.text_encoder_device, e.g. a second GPU) goes there whole, outside the
+    memory profile, which then manages the rest."""
     set_attention(parts["transformer"], options.attention, device)
+    own = getattr(options, "text_encoder_device", None)
+    if own is not None and "text_encoder" in parts:
+        import torch
+
+        if torch.device(own) != device:
+            parts = dict(parts)
+            parts.pop("text_encoder").to(own)
     profile = resolve_profile(options, device)
     if profile is None:
         for part in parts.values():

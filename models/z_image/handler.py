@@ -239,6 +239,8 @@ class ZImageHandler:
                                   options, device, dtype)
         load_info = {c: Q.kind_of(p.name, p) for c, p in paths.items() if c in QUANTIZABLE}
         load_info.update(profile=placement.profile, attention=options.attention)
+        if options.text_encoder_device:
+            load_info["text_encoder_device"] = options.text_encoder_device
         model = ZImageModel(model_def.type, transformer, PromptEncoder(text_encoder, tokenizer), vae, dtype, device,
                             {k: str(v) for k, v in paths.items()}, placement=placement, load_info=load_info)
         if "control" in paths:

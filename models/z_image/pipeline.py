@@ -194,7 +194,8 @@ def generate(model: ZImageModel, settings: GenerationSettings, callback=None, up
     with_negative = settings.cfg_on or settings.nag_on
     prompts = [settings.prompt] + ([settings.negative_prompt] if with_negative else [])
     with memory.stage("text encoding"):
-        feats = model.encoder.encode(prompts, settings.text_hidden_layer)
+        # the text encoder may sit on a device of its own (LoadOptions.text_encoder_device)
+        feats = [f.to(model.device) for f in model.encoder.encode(prompts, settings.text_hidden_layer)]
     negative = feats[1] if with_negative else None
     tools = SimpleNamespace(compose=compose_model_fn, noise=initial_noise, captions=varied_captions,
                             schedule=schedule_for, decode=decode)
