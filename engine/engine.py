@@ -267,16 +267,10 @@ class Engine:
             targets = [folder / f"{stem}_{i + 1}.png" for i in range(len(results))]
         else:
             targets = [output] * len(results)
-<<<<<<< HEAD
-        return [save_png(r.image, r.settings, {**self.record(r.batch_index, r.settings),
-                                               "memory": getattr(r, "memory", {}), "passes": getattr(r, "passes", [])},
-                         t)
-                for r, t in zip(results, targets)]
-=======
         return [write_png_bytes(data, r.settings.seed, t) for data, r, t in zip(self.encode(results), results, targets)]
 
     def encode(self, results) -> list[bytes]:
         """Each result as the PNG file this engine would save (settings and record embedded), in memory."""
         return [png_bytes(r.image, r.settings, {**self.record(r.batch_index, r.settings),
-                                                "memory": getattr(r, "memory", {})}) for r in results]
->>>>>>> i16
+                                                "memory": getattr(r, "memory", {}), "passes": getattr(r, "passes", [])})
+                for r in results]

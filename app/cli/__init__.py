@@ -6,20 +6,12 @@ from __future__ import annotations
 
 import sys
 
-<<<<<<< HEAD
-from app.cli import generate, loras, models, upscale
-=======
-from app.cli import generate, loras, models, serve
->>>>>>> i16
+from app.cli import generate, loras, models, serve, upscale
 from app.cli.options import Parser, common_options
 from app.web import launch
 from engine.errors import ModelDefinitionError, SettingsError, UserError
 
-<<<<<<< HEAD
-COMMANDS = (generate, loras, models, upscale)
-=======
-COMMANDS = (generate, loras, models, serve)
->>>>>>> i16
+COMMANDS = (generate, loras, models, upscale, serve)
 
 
 def build_parser() -> Parser:
