@@ -98,3 +98,47 @@ def test_two_loads_at_once_on_a_cold_engine_then_generation_works(tiny_model_jso
     settings = engine.settings_for("z_image_tiny_test", prompt="after two loads", seed=3, num_inference_steps=2)
     *_, (result,) = engine.jobs.run(lambda ctx: engine.generate(engine.prepare(settings), ctx.on_step), "t")
     assert result.image.size == (256, 256)
+
+
+# ---- High 3: a thin strip of an image -----------------------------------------------------------------
+
+FIT_IN_A_SMALL_ADDRESS_SPACE = r"""
+import resource, sys
+from PIL import Image
+from engine.images.io import fit_image
+
+strip = Image.new("RGB", (1, 8000), (200, 30, 30))
+with open("/proc/self/status") as fh:
+    vm = next(int(line.split()[1]) for line in fh if line.startswith("VmSize:")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + 400 * 2**20, resource.RLIM_INFINITY))  # a MemoryError, not a swap storm
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for mode in ("crop", "image", "fit"):
+    out = fit_image(strip, 1024, 1024, mode)
+    assert out.size == (1024, 1024), out.size
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_fitting_a_thin_strip_needs_memory_of_the_output_size_only():
+    """fit_image resized before cropping: a 110-byte 1x8000 PNG needed GBs. Now the crop is taken first; the
+    child process may not grow by more than 400 MB of address space, and its resident peak grows by a few MB."""
+    done = subprocess.run([sys.executable, "-c", FIT_IN_A_SMALL_ADDRESS_SPACE], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) < 64 * 1024  # KiB of resident peak growth: three 3 MB outputs
+
+
+def test_a_strip_is_refused_with_its_ratio_and_a_crop_is_the_centre(tmp_path):
+    from PIL import Image
+
+    from engine.images.io import ImageFileError, fit_image, load_rgb
+
+    Image.new("RGB", (1, 8000)).save(tmp_path / "strip.png")
+    with pytest.raises(ImageFileError, match=r"1x8000 pixels is a 8000:1 strip; pictures up to 20:1"):
+        load_rgb(tmp_path / "strip.png", "control image")
+    picture = Image.new("RGB", (300, 100), (0, 0, 255))
+    picture.paste((255, 0, 0), (100, 0, 200, 100))  # a red square in the middle third
+    crop = fit_image(picture, 64, 64, "crop")
+    assert crop.getpixel((32, 32)) == (255, 0, 0) and crop.getpixel((1, 32))[0] > 200  # only the centre kept
+    fit = fit_image(picture, 96, 96, "fit", fill=0)
+    assert fit.getpixel((48, 2)) == (0, 0, 0) and fit.getpixel((2, 48))[2] > 200  # letterboxed top and bottom
