@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from engine.errors import SettingsError
+from engine.jsontext import parse_json_object
 from engine.settings import normalize_loras
 
 FOLDER = "presets"
@@ -60,12 +61,12 @@ def load_preset(lora_folder, name: str) -> dict:
         raise SettingsError(f"no LoRA preset {name!r} in {path.parent}"
                             + (f" (presets: {', '.join(have)})" if have else ""))
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json_object(path.read_bytes(), "its text")
         loras = data["loras"]
         prompt = data.get("prompt", "") or ""
         if not isinstance(prompt, str):
             raise TypeError("prompt is not text")
-    except (ValueError, KeyError, TypeError) as exc:
+    except (SettingsError, ValueError, KeyError, TypeError, OSError) as exc:
         raise SettingsError(f"LoRA preset {path} is damaged ({exc})") from None
     try:
         return {"loras": normalize_loras(loras), "prompt": prompt}
