@@ -142,3 +142,207 @@ def test_a_strip_is_refused_with_its_ratio_and_a_crop_is_the_centre(tmp_path):
     assert crop.getpixel((32, 32)) == (255, 0, 0) and crop.getpixel((1, 32))[0] > 200  # only the centre kept
     fit = fit_image(picture, 96, 96, "fit", fill=0)
     assert fit.getpixel((48, 2)) == (0, 0, 0) and fit.getpixel((2, 48))[2] > 200  # letterboxed top and bottom
+
+
+# ---- crafted files: safetensors headers, hub URLs ---------------------------------------------------------
+
+def write_safetensors(path: Path, header, data: bytes = b"\0" * 4, raw: bytes | None = None) -> Path:
+    """A file laid out as the safetensors format says: 8-byte little-endian header size, JSON, data."""
+    text = raw if raw is not None else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+    return path
+
+
+TENSOR = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+
+
+def test_a_huge_header_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A 100 MiB header used to be parsed (738 MB of RAM) before being refused."""
+    import engine.jsontext
+    from engine.weights.safetensors_io import MAX_HEADER, read_header
+
+    metadata = {"note": "x" * (MAX_HEADER + 2**20)}
+    path = write_safetensors(tmp_path / "big.safetensors", {"__metadata__": metadata, "t": TENSOR})
+    monkeypatch.setattr(engine.jsontext, "parse_json_object", lambda *a: pytest.fail("the header was parsed"))
+    with pytest.raises(ModelFileError, match=r"header claims 17 MiB; this app reads headers up to 16 MiB"):
+        read_header(path)
+
+
+@pytest.mark.parametrize("header, raw, words", [
+    ({"__metadata__": ["a"], "t": TENSOR}, None, "__metadata__ must map text to text"),
+    ({"__metadata__": {"a": 1}, "t": TENSOR}, None, "__metadata__ must map text to text"),
+    ({"t": {**TENSOR, "shape": ["1"]}}, None, "entry 't' is malformed"),
+    ({"t": {**TENSOR, "shape": [-1]}}, None, "entry 't' is malformed"),
+    ({"t": {**TENSOR, "data_offsets": [0, "4"]}}, None, "entry 't' is malformed"),
+    ({"t": "not an entry"}, None, "entry 't' is malformed"),
+    (None, b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+    (None, b'{"t": ' + b"[" * 200 + b"]" * 200 + b"}", "nested too deeply"),
+    (None, b"\xff\xfe not text", "not UTF-8 text"),
+    (None, b"[1, 2]", "must be a JSON object"),
+])
+def test_odd_safetensors_headers_are_one_clear_error(tmp_path, header, raw, words):
+    from engine.weights.safetensors_io import read_header
+
+    path = write_safetensors(tmp_path / "odd.safetensors", header, raw=raw)
+    with pytest.raises(ModelFileError, match=words):
+        read_header(path)
+
+
+@pytest.mark.parametrize("metadata", [
+    {"config": "[1, 2]"}, {"config": "[" * 5000 + "]" * 5000}, {"config_base64": "!!!"},
+    {"quantization_map_base64": "WzEsIDJd"},  # [1, 2]
+    {"quantization_map_base64": "eyJhIjogMX0="},  # {"a": 1}
+    {"lora_adapter_metadata": '{"lora_alpha": 8, "alpha_pattern": {"(": 2, "x": "y"}}'},
+    {"lora_adapter_metadata": '{"lora_alpha": true}'},
+    {"lora_adapter_metadata": "[" * 5000 + "]" * 5000},
+])
+def test_odd_metadata_values_are_ignored_not_tracebacks(metadata):
+    """Metadata other tools write (configs, quanto maps, PEFT alpha) is optional: when it is damaged the
+    reader falls back to what the tensors say."""
+    from engine.lora.format import peft_alpha
+    from engine.weights.quantization import quantization_map
+    from models.z_image.config import metadata_config
+
+    assert metadata_config(metadata) == {}
+    assert quantization_map(metadata) == {}
+    alpha = peft_alpha(metadata)
+    assert alpha is None or alpha("layers.0.attention.to_q", 4) == 8  # a broken pattern is skipped
+
+
+@pytest.mark.parametrize("url", [
+    "https://huggingface.co/a/b/resolve/main/../../../../etc/passwd",
+    "https://huggingface.co/a/b/resolve/main/sub/../../x.safetensors",
+    "https://huggingface.co/../b/resolve/main/x.safetensors",
+    "https://huggingface.co/a/b/resolve/../x.safetensors",
+    "https://huggingface.co/a/b/tree/main/./..",
+    "https://huggingface.co/a/b/resolve/main/sub//x.safetensors",
+    "https://huggingface.co/a/b/resolve/main/..\\x.safetensors",
+])
+def test_hub_urls_cannot_lead_outside_the_checkpoints_folder(url, tmp_path):
+    from engine.weights.files import FileLocator, parse_ref
+
+    with pytest.raises(ModelDefinitionError, match="refused"):
+        parse_ref(url)
+    ref = parse_ref("https://huggingface.co/a/b/resolve/main/sub/x.safetensors")
+    assert (tmp_path / ref.path).resolve().is_relative_to(tmp_path)
+    assert FileLocator(tmp_path).local_path(ref) is None
+
+
+# ---- saving without hard links ------------------------------------------------------------------------------
+
+def test_saves_racing_on_a_filesystem_without_hard_links_keep_every_image(tmp_path, monkeypatch):
+    """Where hard links are missing, saving checked the name, then replaced: 4 racing saves left 1 file.
+    Here every thread reaches its rename at the same moment (a barrier), the worst case for that check."""
+    import os
+
+    from PIL import Image
+
+    from engine.outputs import save_png
+    from engine.settings import GenerationSettings
+
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")  # what FAT, exFAT and some network shares answer
+
+    n = 6
+    barrier = threading.Barrier(n)
+    real_replace = os.replace
+
+    def replace_together(src, dst):
+        try:
+            barrier.wait(5)
+        except threading.BrokenBarrierError:
+            pass
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(os, "replace", replace_together)
+    settings = GenerationSettings("z_image", "a race", seed=7)
+    paths, errors = [], []
+
+    def save(i):
+        try:
+            paths.append(save_png(Image.new("RGB", (8, 8), (i, 0, 0)), settings, {"i": i}, tmp_path))
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    files = sorted(tmp_path.glob("*.png"))
+    assert len(set(paths)) == n and len(files) == n
+    assert sorted(Image.open(f).getpixel((0, 0))[0] for f in files) == list(range(n))  # no image overwritten
+    assert not list(tmp_path.glob(".partial-*"))
+
+
+# ---- PNG settings someone else made -------------------------------------------------------------------------
+
+def png_with(tmp_path, text: str) -> Path:
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_itxt("zimage_settings", text)
+    path = tmp_path / "crafted.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+@pytest.mark.parametrize("text, words", [
+    ('{"settings": ' + "[" * 50000 + "]" * 50000 + "}", "nested too deeply"),
+    ('{"settings": [1, 2]}', "damaged"),
+    ('[1, 2]', "must be a JSON object"),
+    ('{"settings": {"model_type": "z_image"}}', "at least 'model_type' and 'prompt'"),
+])
+def test_crafted_png_settings_are_one_clear_error(tmp_path, text, words):
+    from engine.outputs import read_png_settings
+
+    with pytest.raises(SettingsError, match=words):
+        read_png_settings(png_with(tmp_path, text))
+
+
+@pytest.mark.parametrize("record", [[1, 2], {"loras": "x"}, {"loras": [{"name": "a.safetensors", "sha256": 5}]},
+                                    {"loras": [{"name": ["a"]}, 3]}])
+def test_a_png_record_of_any_shape_restores_with_notes(engine, tmp_path, record):
+    from engine.merge import merge_settings
+    from engine.outputs import read_png_settings
+
+    settings = {"model_type": "z_image_tiny_test", "prompt": "p", "loras": [{"name": "a.safetensors"}]}
+    path = png_with(tmp_path, json.dumps({"settings": settings, "record": record}))
+    restored, rec = read_png_settings(path)
+    merged = merge_settings(engine, "z_image_tiny_test", base=restored.to_dict(), record=rec)
+    assert merged.settings.loras == [] and "not in the LoRA folder" in merged.notes[0]
+
+
+# ---- command line ----------------------------------------------------------------------------------------
+
+def test_lora_strength_typo_names_the_strength(tiny_model_json, capsys):
+    from app.cli import main
+
+    code = main(["generate", "--model-def", str(tiny_model_json[0]), "--model", "z_image_tiny_test",
+                 "--prompt", "x", "--lora", "style.safetensors:strong"])
+    err = capsys.readouterr().err
+    assert code == 2 and "'strong' is not a strength" in err and "only .safetensors" not in err
+
+
+@pytest.mark.parametrize("command", ["generate", "control-map"])
+def test_unwritable_output_fails_before_any_work(tiny_model_json, tmp_path, monkeypatch, capsys, command):
+    from PIL import Image
+
+    from app.cli import main
+    from engine.engine import Engine
+
+    monkeypatch.setattr(Engine, "load", lambda *a, **k: pytest.fail("loaded a model for an unwritable output"))
+    monkeypatch.setattr(Engine, "control_map", lambda *a, **k: pytest.fail("made a map for an unwritable output"))
+    from models.z_image.tiny import write_control_test_model
+
+    control_json = write_control_test_model(tmp_path)
+    Image.new("RGB", (64, 64)).save(tmp_path / "photo.png")
+    (tmp_path / "a_file").write_text("not a folder")
+    extra = ["--model", "z_image_control_tiny_test", "--control-image", str(tmp_path / "photo.png"),
+             "--control-mode", "gray"] if command == "control-map" else ["--model", "z_image_tiny_test"]
+    code = main([command, "--model-def", str(tiny_model_json[0]), "--model-def", str(control_json), *extra,
+                 "--prompt", "x", "--output", str(tmp_path / "a_file" / "out")])
+    assert code == 1 and "is not a folder this app can write to" in capsys.readouterr().err
