@@ -607,3 +607,18 @@ def test_auth_given_twice_on_the_command_line_and_in_the_file(tmp_path):
     (tmp_path / "f").write_text("me:other\n")
     with pytest.raises(SettingsError, match="user 'me' is given again .first in --auth"):
         parse_logins("me:pw", str(tmp_path / "f"))
+
+
+# ---- what held before, kept -------------------------------------------------------------------------------
+
+def test_file_routes_serve_nothing_but_gradio_copies(served):
+    demo, url, folder = served
+    (folder / "notes.txt").write_text("server file")
+    http = httpx.Client(base_url=url, timeout=30)
+    for path in ["notes.txt", str(folder / "notes.txt"), "/etc/passwd", "../../etc/passwd", "%2e%2e/%2e%2e/etc/passwd",
+                 str(folder / "ckpts"), "app.py", "http://127.0.0.1:1/x"]:
+        for route in (f"/gradio_api/file={path}", f"/gradio_api/file/{path}"):
+            assert http.get(route).status_code in (403, 404), route
+    svg = Session(url, demo).upload("x.svg", b'<svg xmlns="http://www.w3.org/2000/svg"><script>1</script></svg>')
+    got = http.get(f"/gradio_api/file={svg['path']}")
+    assert got.status_code == 200 and got.headers["content-disposition"].startswith("attachment")
