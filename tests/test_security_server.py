@@ -519,6 +519,8 @@ def test_failed_logins_are_throttled_per_client(models, logins_file, tmp_path):
         right = http.post("/login", data={"username": "ann", "password": "first pass"})
         assert right.status_code == 429 and int(right.headers["retry-after"]) >= 1
         assert "too many failed logins" in right.json()["detail"]
+        logins = demo.zimage_logins  # counted for this client's address, not for everyone
+        assert logins.retry_after("127.0.0.1") > 0 and logins.retry_after("10.0.0.9") == 0
     finally:
         demo.close()
 

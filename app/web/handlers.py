@@ -162,7 +162,8 @@ class AppUI:
 
     def on_refresh_loras(self, model_type, request: gr.Request = None) -> dict:
         """Re-read the LoRA folder and presets (files added since start-up appear)."""
-        names = self.engine.lora_library(self.served(model_type)).names()
+        with reported():
+            names = self.engine.lora_library(self.served(model_type)).names()
         return {"lora_pick": gr.update(choices=names, value=None),
                 "preset_pick": gr.update(choices=list_presets(self.lora_folder(model_type), user_of(request)))}
 

@@ -67,6 +67,7 @@ def launch(args, block: bool = True):
               "use your GPU. Add --auth USER:PASSWORD.", file=sys.stderr)
     demo = build_ui(engine, lock_model=args.lock_model, exposed_without_auth=exposed,
                     output_dir=Path(OUTPUT_DIR).resolve())
+    demo.zimage_logins = logins
     guard = Middleware(Guard, logins=logins, max_gpu_jobs=args.max_queued)
     # outputs are not in allowed_paths: results reach their session as content-hashed copies in Gradio's
     # cache, never under their guessable names
