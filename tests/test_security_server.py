@@ -38,6 +38,7 @@ def start(folder: Path, model_jsons, *flags):
 
     args = build_parser().parse_args([*(a for j in model_jsons for a in ("--model-def", str(j))),
                                       "--checkpoints", str(folder / "ckpts"), "--server-port", str(free_port()),
+                                      "--lora-dir-z-image", str(folder / "loras"),
                                       *flags])
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
