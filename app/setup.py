@@ -28,13 +28,27 @@ def make_engine(args):
             components[field] = str(Path(path).resolve())
     lora_dirs = {h.family: h.lora_dir(args) for h in set(registry.handlers.values())}
     return Engine(registry, locator, args.dtype, args.device, load_options_from_args(args), components, lora_dirs,
-                  inputs_dir=output_folder(args) / "inputs", upscaler_dir=getattr(args, "upscaler_dir", None))
+                  limits_from_args(args), inputs_dir=output_folder(args) / "inputs",
+                  upscaler_dir=getattr(args, "upscaler_dir", None))
 
 
 def output_folder(args) -> Path:
     """Where this command writes its pictures (and keeps their input pictures, by content): --output's folder."""
     output = Path(getattr(args, "output", None) or "outputs")
     return output.parent if output.suffix.lower() == ".png" else output
+
+
+def limits_from_args(args):
+    """--max-batch, --max-count, --max-megapixels over the defaults (engine.limits.Limits)."""
+    from engine.limits import Limits
+
+    given = {"batch_size": getattr(args, "max_batch", None), "count": getattr(args, "max_count", None)}
+    megapixels = getattr(args, "max_megapixels", None)
+    if megapixels is not None:
+        if not megapixels > 0:
+            raise UserError(f"--max-megapixels {megapixels}: give a positive number of megapixels")
+        given["pass_pixels"] = int(megapixels * 2**20)
+    return Limits(**{k: v for k, v in given.items() if v is not None}).validate()
 
 
 def load_options_from_args(args):

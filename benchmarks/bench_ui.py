@@ -75,7 +75,7 @@ def main():
     engine = Engine(Registry(families(), extra_files=[model_json]), FileLocator(offline=True), "float32", "cpu")
     settings = engine.settings_for(model_json.stem, prompt="a small red house", seed=1,
                                    num_inference_steps=args.steps)
-    demo = build_ui(engine, output_dir=work / "out", memory_path=work / "mem.json")
+    demo = build_ui(engine, output_dir=work / "out")
     port = free_port()
     demo.queue(default_concurrency_limit=1).launch(server_port=port, prevent_thread_lock=True, quiet=True,
                                                    allowed_paths=[str(work / "out")])

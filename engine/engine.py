@@ -17,6 +17,7 @@ from pathlib import Path
 from engine import APP_NAME, APP_VERSION
 from engine.errors import SettingsError
 from engine.jobs import JobQueue
+from engine.limits import Limits
 from engine.load_options import LoadOptions
 from engine.outputs import png_bytes, write_png_bytes
 from engine.registry import Registry
@@ -81,7 +82,8 @@ class Engine:
 
     def __init__(self, registry: Registry, locator: FileLocator, dtype: str | None = None,
                  device: str | None = None, options: LoadOptions | None = None, components: dict | None = None,
-                 lora_dirs: dict | None = None, inputs_dir=None, upscaler_dir=None):
+                 lora_dirs: dict | None = None, limits: Limits | None = None, inputs_dir=None,
+                 upscaler_dir=None):
         self.registry = registry
         self.locator = locator
         self.device = pick_device(device)
@@ -89,6 +91,7 @@ class Engine:
         self.options = (options or LoadOptions()).validate()
         self.components = {k: v for k, v in (components or {}).items() if v}  # the CLI's --text-encoder/--vae
         self.lora_dirs = dict(lora_dirs or {})  # family -> folder (default: the handler's)
+        self.limits = (limits or Limits()).validate()  # what one job may ask for, whichever front-end
         self.jobs = JobQueue()
         self._gpu = threading.RLock()
         self._loaded = Loaded()
@@ -125,6 +128,7 @@ class Engine:
         model_def = self.registry.get(settings.model_type)
         handler = self.registry.handler(settings.model_type)
         handler.validate(settings, model_def.architecture)
+        self.limits.check(settings, handler.capabilities(model_def.architecture).step_range)
         if settings.upscale > 1 and settings.upscaler not in BUILTIN_UPSCALERS:
             self.upscalers.resolve(settings.upscaler)  # a missing or pickle file: said before any work
         settings = record_inputs(settings, self.inputs)

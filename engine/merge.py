@@ -38,7 +38,8 @@ def merge_settings(engine, model_type: str, base: dict | None = None, record: di
         by_name.update({x["name"]: x for x in normalize_loras(changes.get("loras", []))})
         changes["loras"] = list(by_name.values())
     elif base.get("loras"):
-        base["loras"], notes = library.restore(normalize_loras(base["loras"]), (record or {}).get("loras") or [])
+        recorded = record.get("loras") if isinstance(record, dict) else None
+        base["loras"], notes = library.restore(normalize_loras(base["loras"]), recorded or [])
     if any(base.get(k) and k not in changes for k in INPUT_FIELDS):
         from engine.images.inputs import restore_inputs
 

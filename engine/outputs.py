@@ -53,18 +53,26 @@ def write_png_bytes(data: bytes, seed: int, target: Path) -> Path:
 
 
 def _publish(tmp: Path, folder: Path, stem: str) -> Path:
-    """Give the finished file its name; a hard link fails rather than replace an existing file."""
+    """Give the finished file its name without ever replacing an existing file: a hard link fails when the
+    name is taken; where hard links are missing, the name is first claimed by an exclusive create (which
+    also fails when taken), then the finished file replaces that empty claim of ours."""
+    links = True
     for n in range(10000):
         final = folder / (f"{stem}.png" if n == 0 else f"{stem}_{n}.png")
         try:
-            os.link(tmp, final)
+            if links:
+                try:
+                    os.link(tmp, final)
+                    return final
+                except FileExistsError:
+                    raise
+                except OSError:  # a filesystem without hard links
+                    links = False
+            os.close(os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            os.replace(tmp, final)
             return final
         except FileExistsError:
             continue
-        except OSError:  # a filesystem without hard links
-            if not final.exists():
-                os.replace(tmp, final)
-                return final
     raise UserError(f"{folder}: too many files named {stem}_N.png")
 
 
@@ -83,8 +91,16 @@ def read_png_settings(path) -> tuple[GenerationSettings, dict]:
     if not text:
         raise SettingsError(f"{path}: this PNG holds no settings from this app (made elsewhere, or its "
                             "metadata was stripped)")
+    from engine.jsontext import parse_json_object
+
     try:
-        data = json.loads(text)
-        return GenerationSettings.from_dict(data["settings"]), data.get("record", {})
+        data = parse_json_object(text, "the embedded settings")
+        settings = data["settings"]
+        if not isinstance(settings, dict):
+            raise TypeError("'settings' is not an object")
+        record = data.get("record")
+        return GenerationSettings.from_dict(settings), record if isinstance(record, dict) else {}
+    except SettingsError as exc:
+        raise SettingsError(f"{path}: {exc}") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise SettingsError(f"{path}: its embedded settings are damaged ({exc})") from None

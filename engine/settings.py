@@ -342,6 +342,10 @@ def parse_lora_arg(text: str) -> dict:
     """The command line's NAME, NAME:STRENGTH or NAME:M1,M2,... (a per-step schedule at strength 1)."""
     name, sep, value = str(text).rpartition(":")
     if not sep or not name or "," not in value and not _is_number(value):
+        if sep and name.lower().endswith(".safetensors"):  # NAME.safetensors:strong is a strength typo
+            raise SettingsError(f"--lora {text}: {value!r} is not a strength; give a number from "
+                                f"{LORA_STRENGTH_RANGE[0]:g} to {LORA_STRENGTH_RANGE[1]:g} (NAME:0.8) or per-step "
+                                "strengths (NAME:1.0,0.5)")
         return lora_item(str(text))  # no strength given (or a name holding a colon)
     if "," in value:
         return lora_item(name, 1.0, value)

@@ -17,7 +17,7 @@ def serve(engine, tmp_path, auth=None):
     from app.web.page import build_ui
     from tests.test_ui import free_port
 
-    demo = build_ui(engine, output_dir=tmp_path / "out", memory_path=tmp_path / "mem.json")
+    demo = build_ui(engine, output_dir=tmp_path / "out")
     port = free_port()
     demo.queue(default_concurrency_limit=1).launch(server_port=port, prevent_thread_lock=True, auth=auth,
                                                    allowed_paths=[str(tmp_path / "out")], quiet=True)

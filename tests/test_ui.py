@@ -29,7 +29,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(engine, tmp_path_factory):
     out = tmp_path_factory.mktemp("ui_out")
-    demo = build_ui(engine, output_dir=out, memory_path=out / "memory.json")
+    demo = build_ui(engine, output_dir=out)
     port = free_port()
     demo.queue(default_concurrency_limit=1).launch(server_port=port, prevent_thread_lock=True,
                                                    allowed_paths=[str(out)], quiet=True)
@@ -69,7 +69,7 @@ def test_bad_input_is_a_clear_error_and_app_keeps_serving(server):
 
 def test_second_client_waits_in_queue(server):
     _, url, _ = server
-    long = settings_json(num_inference_steps=60, width=384, height=384)
+    long = settings_json(num_inference_steps=50, width=448, height=448)
     first = client(url).submit(prompt="one", model_type="z_image_tiny_test", settings=long, api_name="/txt2img")
     time.sleep(1.0)
     second = client(url).submit(prompt="two", model_type="z_image_tiny_test", settings=long, api_name="/txt2img")
@@ -88,7 +88,7 @@ def test_stop_mid_run_then_ready(server):
     demo, url, _ = server
     c = client(url)
     job = c.submit(prompt="long", model_type="z_image_tiny_test",
-                   settings=settings_json(num_inference_steps=200, width=512, height=512), api_name="/txt2img")
+                   settings=settings_json(num_inference_steps=50, width=1024, height=1024), api_name="/txt2img")
     deadline = time.time() + 60
     while demo.zimage_app.jobs.running is None and time.time() < deadline:
         time.sleep(0.1)
@@ -96,7 +96,7 @@ def test_stop_mid_run_then_ready(server):
     assert c.predict(api_name="/stop") is True
     with pytest.raises(Exception, match="stopped"):
         job.result()
-    assert time.time() - started < 20  # within a step or so, not after 200 steps
+    assert time.time() - started < 20  # within a step or so, not after 50 steps
     assert c.predict(prompt="after", model_type="z_image_tiny_test", settings=settings_json(num_inference_steps=1),
                      api_name="/txt2img")
 
@@ -163,7 +163,7 @@ def test_generate_streams_progress_and_previews(engine, tmp_path, monkeypatch):
 
     monkeypatch.setattr(page_module, "PREVIEW_INTERVAL", 0.0)  # as with a real model, whose steps take seconds
     monkeypatch.setattr(page_module, "PROGRESS_INTERVAL", 0.0)
-    app = AppUI(engine, tmp_path / "out", tmp_path / "mem.json")
+    app = AppUI(engine, tmp_path / "out")
     progress = FakeProgress()
     steps = list(app.generate("z_image_tiny_test", values_for(app, "z_image_tiny_test", prompt="a cat", seed=1,
                                                                  num_inference_steps=4, count=2),
@@ -175,7 +175,8 @@ def test_generate_streams_progress_and_previews(engine, tmp_path, monkeypatch):
     gallery, used = steps[-1]["gallery"], steps[-1]["used"]
     assert len(gallery) == 2 and used["seed"] == 1
     assert Image.open(gallery[0][0]).size == (256, 256)
-    assert app.memory.get("z_image_tiny_test")["prompt"] == "a cat"  # remembered for next time
+    remembered = next(s["memory"] for s in steps if "memory" in s)  # for the browser's local storage
+    assert remembered["z_image_tiny_test"]["prompt"] == "a cat"
     monkeypatch.setattr(page_module, "PREVIEW_INTERVAL", 3600.0)
     monkeypatch.setattr(page_module, "PROGRESS_INTERVAL", 3600.0)
     progress = FakeProgress()
@@ -191,7 +192,7 @@ def test_out_of_gpu_memory_frees_memory_says_what_to_try_and_keeps_serving(engin
 
     from engine.images.preprocess import hub
 
-    app = AppUI(engine, tmp_path / "out", tmp_path / "mem.json")
+    app = AppUI(engine, tmp_path / "out")
     values = values_for(app, "z_image_tiny_test", prompt="a cat", seed=1, num_inference_steps=2)
     released = []
     monkeypatch.setattr(hub, "release", lambda: released.append(True))
@@ -209,7 +210,7 @@ def test_out_of_gpu_memory_frees_memory_says_what_to_try_and_keeps_serving(engin
 
 
 def test_capabilities_decide_visible_controls(engine, tmp_path):
-    app = AppUI(engine, tmp_path, tmp_path / "mem.json")
+    app = AppUI(engine, tmp_path)
     def visible(model_type):
         updates = app.field_updates(engine.settings_for(model_type))
         return {n for n, u in updates.items() if u["visible"]}
@@ -222,18 +223,21 @@ def test_capabilities_decide_visible_controls(engine, tmp_path):
 
 
 def test_switching_model_applies_defaults_then_remembered(engine, tmp_path):
-    app = AppUI(engine, tmp_path, tmp_path / "mem.json")
+    from app.web import memory
+
+    app = AppUI(engine, tmp_path)
     base = app.on_model("z_image_base")
     assert base["guidance_scale"]["value"] == 4.0
-    app.memory.remember(engine.settings_for("z_image_base", prompt="kept", guidance_scale=6.5))
-    again = app.on_model("z_image_base")
+    store = memory.remember({}, engine.settings_for("z_image_base", prompt="kept", guidance_scale=6.5), app.types)
+    again = app.on_model("z_image_base", "", store)
     assert again["guidance_scale"]["value"] == 6.5 and again["prompt"]["value"] == "kept"
-    typing = app.on_model("z_image_base", "what I am writing")
+    typing = app.on_model("z_image_base", "what I am writing", store)
     assert typing["prompt"]["value"] == "what I am writing" and typing["guidance_scale"]["value"] == 6.5
+    assert app.on_model("z_image_base")["prompt"]["value"] != "kept"  # another browser: nothing remembered
 
 
 def test_restore_every_setting_from_png(engine, tmp_path):
-    app = AppUI(engine, tmp_path, tmp_path / "mem.json")
+    app = AppUI(engine, tmp_path)
     s = engine.settings_for("z_image_tiny_test", prompt="restore me", seed=77, num_inference_steps=3, width=320)
     path = engine.save(engine.generate(s), tmp_path / "png")[0]
     updates = app.on_restore(str(path))
@@ -279,7 +283,7 @@ def test_missing_files_download_then_generate(engine, tiny_model_json, tmp_path,
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     eng = Engine(Registry(families(), extra_files=[model_json]), FileLocator(tmp_path / "ckpts"))
-    app = AppUI(eng, tmp_path / "out", tmp_path / "mem.json")
+    app = AppUI(eng, tmp_path / "out")
     assert "to download" in app.describe("hubtiny")
     out = list(app.generate("hubtiny", values_for(app, "hubtiny", prompt="x", num_inference_steps=1),
                             request=FakeRequest(), progress=FakeProgress()))
@@ -309,7 +313,7 @@ def test_share_and_listen_warnings(tiny_model_json, monkeypatch, capsys, tmp_pat
 
 def test_auth_file_parsing(tmp_path):
     from engine.errors import SettingsError
-    from app.web.launch import parse_logins
+    from app.auth import parse_logins
 
     f = tmp_path / "logins.txt"
     f.write_text("# friends\nann:pa:ss\n\nbob:secret\n")
@@ -324,7 +328,7 @@ def test_auth_file_parsing(tmp_path):
 def test_lora_panel_lists_folder_and_applies_picked_loras(lora_engine, tmp_path):
     from app.web.fields import rows_to_loras
 
-    app = AppUI(lora_engine, tmp_path / "out", tmp_path / "mem.json")
+    app = AppUI(lora_engine, tmp_path / "out")
     choices = app.on_refresh_loras("z_image_tiny_test")["lora_pick"]["choices"]
     assert choices == ["kohya.safetensors", "sub/fused.safetensors"]
     rows = app.on_add_lora("sub/fused.safetensors", [["", None, ""]])["loras"]

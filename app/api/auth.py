@@ -2,8 +2,8 @@
 `X-API-Key: KEY`); the name is the owner of the jobs it submits. Without any login or key configured, only
 this computer (loopback) is answered, as one owner.
 
-Checking a login is a callable `check_login(user, password, client) -> bool` handed in (the page's logins;
-app/auth.py's throttled checker plugs in here), so this module parses no login file.
+Checking a login is a callable `check_login(user, password, client) -> bool` handed in (app.auth.Logins.check:
+the page's logins, throttled per client), so this module parses no login file.
 """
 
 from __future__ import annotations
@@ -79,16 +79,6 @@ class ApiKeys:
         return _match(self._digests, key)
 
 
-class PasswordCheck:
-    """`check_login` over (user, password) pairs (app.web.launch.parse_logins), digests only, compared in
-    constant time; picklable, so a Ray ingress can carry it. app/auth.py's checker (throttled) replaces it."""
-
-    def __init__(self, pairs: list[tuple[str, str]]):
-        self._digests = {user: _digest(f"{user}\0{password}") for user, password in pairs}
-
-    def __call__(self, user: str, password: str, client: str = "") -> bool:
-        return _match(self._digests, f"{user}\0{password}") == user
-
 
 class ApiAuth:
     """The FastAPI dependency (`Depends(auth.owner)`) naming the caller, or answering 401/403."""
@@ -98,10 +88,10 @@ class ApiAuth:
         self.keys = keys
 
     @classmethod
-    def from_args(cls, args, logins: list[tuple[str, str]]) -> "ApiAuth":
-        """The page's logins (parsed by the caller) and --api-key-file."""
+    def from_args(cls, args, logins) -> "ApiAuth":
+        """The page's logins (app.auth.Logins: constant-time, throttled per client) and --api-key-file."""
         keys = ApiKeys.from_file(args.api_key_file) if getattr(args, "api_key_file", None) else None
-        return cls(PasswordCheck(logins) if logins else None, keys)
+        return cls(logins.check if logins.enabled else None, keys)
 
     @property
     def enabled(self) -> bool:

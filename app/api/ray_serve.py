@@ -282,9 +282,9 @@ def build_application(args):
 
     from app.api.auth import ApiAuth
     from app.setup import WorkerEngine
-    from app.web.launch import parse_logins
+    from app.auth import Logins
 
-    auth = ApiAuth.from_args(args, parse_logins(args.auth, args.auth_file))  # digests travel, not passwords
+    auth = ApiAuth.from_args(args, Logins.from_args(args.auth, args.auth_file))  # digests travel, not passwords
     factory = WorkerEngine(args)
     if args.lock_model:
         factory("cpu").registry.get(args.lock_model)  # an unknown type: an error now, not in every replica

@@ -12,7 +12,7 @@ from pathlib import Path
 from engine import APP_NAME, APP_VERSION
 from engine.errors import Busy, ShuttingDown, UserError
 
-PATH_FIELDS = ("control_image", "mask")  # pictures by server path: not taken from API callers
+from engine.settings import INPUT_FIELDS as PATH_FIELDS  # pictures by server path: not taken from API callers
 
 
 def build_api(backend, engine, auth, outputs: Path, types: list[str] | None = None):
@@ -109,7 +109,7 @@ def make_request(engine, body: dict, types: list[str]):
     for name in PATH_FIELDS:
         if body.get(name):
             invalid(name, f"{name} cannot be given through the HTTP API (it would name a file on the server); "
-                          "use the page or the command line for control images and masks", body[name])
+                          "use the page or the command line for input pictures and masks", body[name])
     try:
         return prepared(engine, model_type, body)
     except UserError as exc:

@@ -104,9 +104,9 @@ def start(app, host: str, port: int, timeout: float = 60) -> tuple[object, threa
 def serve(args, block: bool = True, threads: int | None = None) -> Running | int:
     """Serve the API (without Ray); block=False returns the running server."""
     from app.setup import make_engine
-    from app.web.launch import parse_logins
+    from app.auth import Logins
 
-    logins = parse_logins(args.auth, args.auth_file)
+    logins = Logins.from_args(args.auth, args.auth_file)
     engine = make_engine(args)
     if args.lock_model:
         engine.registry.get(args.lock_model)

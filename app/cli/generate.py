@@ -154,8 +154,9 @@ def cmd_control_map(args) -> int:
         args.prompt = "control map"  # the map does not depend on the prompt
     request = engine.prepare(settings_from_args(engine, args))
     settings = request.settings
-    image = run_job(engine, lambda ctx: engine.control_map(request), "control map")
     output = Path(args.output)
+    check_output(output)
+    image = run_job(engine, lambda ctx: engine.control_map(request), "control map")
     target = output if output.suffix.lower() == ".png" else output / f"control_map_{settings.control_mode}.png"
     path = save_png(image, settings, {"app": f"{APP_NAME} {APP_VERSION}", "kind": "control map"}, target)
     print(f"{path}\t{settings.control_mode} map, {image.width}x{image.height}")

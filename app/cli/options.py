@@ -36,7 +36,18 @@ def common_options(subcommand: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--upscaler-dir", metavar="DIR", help="upscaler models, .safetensors (default: "
                                                          "<checkpoints>/upscalers)")
     memory_options(p)
+    limit_options(p)
     return p
+
+
+def limit_options(p: argparse.ArgumentParser) -> None:
+    """What one job may ask for, on every front-end (engine.limits)."""
+    g = p.add_argument_group("limits per job (the page, the API and the command line alike)")
+    g.add_argument("--max-batch", type=int, metavar="N", help="images per pass at most (default 8)")
+    g.add_argument("--max-count", type=int, metavar="N", help="batches per job at most (default 20)")
+    g.add_argument("--max-megapixels", type=float, metavar="MP",
+                   help="width x height x batch of one pass at most, in megapixels (default 16, one 4096x4096 "
+                        "image)")
 
 
 def memory_options(p: argparse.ArgumentParser) -> None:
@@ -69,7 +80,8 @@ def generate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="what to draw")
     p.add_argument("--negative-prompt", help="what to avoid (CFG on the base model, NAG on distilled ones)")
     p.add_argument("--seed", type=int, help="-1 for random (default); the seed used is in the PNG and printed")
-    p.add_argument("--steps", type=int, dest="num_inference_steps", help="denoising steps (1-200)")
+    p.add_argument("--steps", type=int, dest="num_inference_steps", help="denoising steps (the model type's range: Turbo and control 1-50, "
+                                                                       "base 1-100, TwinFlow 1-8)")
     p.add_argument("--guidance", type=float, dest="guidance_scale", help="CFG scale, 0 = off (base model: 4)")
     p.add_argument("--cfg-truncation", type=float, help="stop CFG once 1 - sigma passes this (0-1, 1 = never)")
     p.add_argument("--cfg-normalization", type=float, help="cap the guided prediction's norm at k x the positive's")
@@ -88,8 +100,8 @@ def generate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, help="multiple of 16, 256-4096")
     p.add_argument("--aspect", choices=list(size_presets()), help="preset size of this aspect ratio")
     p.add_argument("--megapixels", type=float, choices=[1.0, 2.0], default=1.0, help="size class for --aspect")
-    p.add_argument("--batch", type=int, dest="batch_size", help="images per pass (1-16)")
-    p.add_argument("--count", type=int, help="runs, with successive seeds (1-100)")
+    p.add_argument("--batch", type=int, dest="batch_size", help="images per pass (1-8; --max-batch raises it up to 16)")
+    p.add_argument("--count", type=int, help="runs, with successive seeds (1-20; --max-count raises it up to 100)")
     p.add_argument("--output", default="outputs", metavar="FILE_OR_DIR",
                    help="folder (default outputs/) or a .png name; existing files are never overwritten")
     p.add_argument("--settings-from", metavar="PNG", help="start from the settings stored in a PNG made by this app")

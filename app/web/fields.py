@@ -83,8 +83,9 @@ FIELDS = [
               visible=lambda c: c.loras),
     FieldSpec("width", "number", "Width", "size", bounds=lambda c: (MIN_SIDE, MAX_SIDE), step=SIDE_MULTIPLE),
     FieldSpec("height", "number", "Height", "size", bounds=lambda c: (MIN_SIDE, MAX_SIDE), step=SIDE_MULTIPLE),
-    FieldSpec("batch_size", "slider", "Images per batch", "size", bounds=lambda c: (1, 8)),
-    FieldSpec("count", "slider", "Batches (successive seeds)", "size", bounds=lambda c: (1, 20)),
+    # the engine's limits (--max-batch, --max-count) narrow these two
+    FieldSpec("batch_size", "slider", "Images per batch", "size", bounds=lambda c: (1, 16)),
+    FieldSpec("count", "slider", "Batches (successive seeds)", "size", bounds=lambda c: (1, 100)),
     FieldSpec("nag_scale", "slider", "NAG scale (negative prompt strength; 1: off)", visible=lambda c: c.nag,
               bounds=lambda c: (1, 10), step=0.1, info="negative prompts without CFG: Normalized Attention Guidance"),
     FieldSpec("sampler", "dropdown", "Sampler", "advanced", choices=sampler_choices),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from pathlib import Path
 
 from app.api.mount import add_flags as api_flags
-from engine.errors import SettingsError
 
 OUTPUT_DIR = "outputs"
+MAX_UPLOAD_MB = 50  # a phone photo is a few MB; the decoded size is capped separately (engine.images.io)
+MAX_GPU_JOBS = 4  # per user, running or waiting
+QUEUE_SIZE = 64  # events waiting in Gradio's queue, all users together
 
 
 def add(parser) -> None:
@@ -21,51 +24,58 @@ def add(parser) -> None:
     g.add_argument("--auth-file", metavar="FILE", help="require a login from this file (one USER:PASSWORD a line)")
     g.add_argument("--open-browser", action="store_true", help="open the page in the browser")
     g.add_argument("--lock-model", metavar="TYPE", help="serve only this model type")
+    g.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB, metavar="MB",
+                   help=f"largest file a user may upload (default {MAX_UPLOAD_MB} MB)")
+    g.add_argument("--max-queued", type=int, default=MAX_GPU_JOBS, metavar="N",
+                   help=f"generations one user may have running or waiting (default {MAX_GPU_JOBS})")
+    g.add_argument("--queue-size", type=int, default=QUEUE_SIZE, metavar="N",
+                   help=f"requests waiting in the queue, all users together (default {QUEUE_SIZE})")
     api_flags(g)
 
 
-def parse_logins(auth: str | None, auth_file: str | None) -> list[tuple[str, str]]:
-    """USER:PASSWORD pairs from --auth and --auth-file (blank lines and # comments skipped)."""
-    lines = [("--auth", auth)] if auth else []
-    if auth_file:
-        try:
-            text = Path(auth_file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise SettingsError(f"--auth-file {auth_file}: cannot read it ({exc.strerror})") from None
-        lines += [(f"{auth_file} line {n}", line.strip()) for n, line in enumerate(text.splitlines(), 1)
-                  if line.strip() and not line.lstrip().startswith("#")]
-        if len(lines) == (1 if auth else 0):
-            raise SettingsError(f"--auth-file {auth_file}: no USER:PASSWORD lines in it")
-    logins = []
-    for where, line in lines:
-        user, sep, password = line.partition(":")
-        if not sep or not user.strip() or not password:
-            raise SettingsError(f"{where}: expected USER:PASSWORD")
-        logins.append((user.strip(), password))
-    return logins
+def is_loopback(host: str) -> bool:
+    """True for addresses only this computer reaches (127.0.0.0/8, ::1, localhost in any case)."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def launch(args, block: bool = True):
     """Serve the UI; with block=False (tests) return the running Blocks instead of waiting."""
-    from app.api.mount import page_lifespan
-    from app.setup import make_engine
-    from app.web.page import build_ui
+    from starlette.middleware import Middleware
 
+    from app.api.mount import page_lifespan
+
+    from app.auth import Logins
+    from app.setup import make_engine
+    from app.web.guard import Guard, current_client
+    from app.web.page import build_ui
+    from engine.errors import SettingsError
+
+    for flag in ("max_upload_mb", "max_queued", "queue_size"):
+        if getattr(args, flag) <= 0:
+            raise SettingsError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: give a positive number")
+    logins = Logins.from_args(args.auth, args.auth_file)
     engine = make_engine(args)
     for note in engine.startup_notes():
         print(f"note: {note}", file=sys.stderr)
     if args.lock_model:
         engine.registry.get(args.lock_model)  # unknown type: clear error before serving
-    logins = parse_logins(args.auth, args.auth_file)
     host = args.server_name or ("0.0.0.0" if args.listen else "127.0.0.1")
-    exposed = (args.share or host not in ("127.0.0.1", "localhost")) and not logins
+    exposed = (args.share or not is_loopback(host)) and not logins.enabled
     if exposed:
         print("WARNING: the app is reachable from other machines without a login: anyone with the address can "
               "use your GPU. Add --auth USER:PASSWORD.", file=sys.stderr)
-    demo = build_ui(engine, lock_model=args.lock_model, exposed_without_auth=exposed, output_dir=OUTPUT_DIR)
-    app_kwargs = {}
+    demo = build_ui(engine, lock_model=args.lock_model, exposed_without_auth=exposed,
+                    output_dir=Path(OUTPUT_DIR).resolve())
+    demo.zimage_logins = logins
+    app_kwargs = {"middleware": [Middleware(Guard, logins=logins, max_gpu_jobs=args.max_queued)]}
     if not args.no_api:  # the HTTP API at /v1, next to the page (app.api); without a login, this computer only
-        lifespan, api_auth = page_lifespan(engine, args, logins, OUTPUT_DIR)
+        lifespan, api_auth = page_lifespan(engine, args, logins, Path(OUTPUT_DIR).resolve())
         if exposed and not api_auth.enabled:
             print("note: the HTTP API (/v1) is off: without a login it serves this computer only, and this page "
                   "is reachable from others (add --auth or --api-key-file)", file=sys.stderr)
@@ -73,8 +83,12 @@ def launch(args, block: bool = True):
             app_kwargs["lifespan"] = lifespan
             local = "" if api_auth.enabled else ", answering this computer only (no login)"
             print(f"note: HTTP API at /v1 (documentation: /v1/docs){local}", file=sys.stderr)
-    demo.queue(default_concurrency_limit=1).launch(
-        server_name=host, server_port=args.server_port, share=args.share, auth=logins or None,
-        inbrowser=args.open_browser, allowed_paths=[str(Path(OUTPUT_DIR).resolve())], prevent_thread_lock=not block,
-        app_kwargs=app_kwargs)
+    # outputs are not in allowed_paths: results reach their session as content-hashed copies in Gradio's
+    # cache, never under their guessable names
+    blocked = [str(Path(p).resolve()) for p in (args.auth_file, args.checkpoints) if p]
+    demo.queue(default_concurrency_limit=1, max_size=args.queue_size).launch(
+        server_name=host, server_port=args.server_port, share=args.share, inbrowser=args.open_browser,
+        auth=(lambda user, password: logins.check(user, password, current_client())) if logins.enabled else None,
+        max_file_size=int(args.max_upload_mb * 2**20), blocked_paths=blocked, app_kwargs=app_kwargs,
+        prevent_thread_lock=not block)
     return 0 if block else demo

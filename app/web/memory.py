@@ -1,37 +1,33 @@
-"""The user's last settings per model type, kept in a JSON file between sessions."""
+"""The user's last settings per model type, kept in their own browser (a gr.BrowserState in local storage):
+nothing on the server, so one user's prompt or picture never reaches another user.
+
+What a browser sends back is anyone's data: only known settings fields of known types are read, pictures
+only by the rule of app.web.pictures, and the page validates the result like any other input."""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
-
+from app.web.pictures import PICTURE_FIELDS, keep_usable
 from engine.settings import GenerationSettings
 
+STORAGE_KEY = "zimage-studio-settings"
+# The value is this browser's own settings; the secret only lets a restarted server read what it stored
+# there (Gradio sends it to the page, so it hides nothing from the page's user).
+SECRET = "zimage-studio-remembered-settings"
 
-class SettingsMemory:
-    def __init__(self, path: Path):
-        self.path = Path(path)
 
-    def load_all(self) -> dict:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}  # no file yet, or a damaged one: start from the model defaults
+def recall(store, model_type: str, outputs) -> dict:
+    """The settings remembered for `model_type` in this browser ({} when none, or when they are damaged)."""
+    stored = store.get(model_type) if isinstance(store, dict) else None
+    if not isinstance(stored, dict):
+        return {}
+    known = GenerationSettings.field_names() - {"model_type"}
+    values = {k: v for k, v in stored.items() if k in known}
+    return keep_usable(values, outputs)[0]
 
-    def get(self, model_type: str) -> dict:
-        """Stored fields that still exist (an older app version may have stored others)."""
-        stored = self.load_all().get(model_type, {})
-        known = GenerationSettings.field_names()
-        return {k: v for k, v in stored.items() if k in known and k != "model_type"} if isinstance(stored, dict) else {}
 
-    def remember(self, settings: GenerationSettings) -> None:
-        data = self.load_all()
-        data[settings.model_type] = settings.to_dict()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".settings-", dir=self.path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, ensure_ascii=False)
-        os.replace(tmp, self.path)
+def remember(store, settings: GenerationSettings, types) -> dict:
+    """A new store holding `settings` as the last ones of their type (pictures are not kept: an upload's
+    path means nothing to the next session). Types no longer served are dropped."""
+    store = {k: v for k, v in store.items() if k in types} if isinstance(store, dict) else {}
+    store[settings.model_type] = {k: v for k, v in settings.to_dict().items() if k not in PICTURE_FIELDS}
+    return store

@@ -4,9 +4,11 @@ return back to components. The page never tests a model type's name."""
 
 from __future__ import annotations
 
+import functools
+
 import gradio as gr
 
-from app.web import images_panel
+from app.web import images_panel, memory
 from app.web.fields import FIELDS, LORA_COLUMNS
 from app.web.handlers import EXTRA_FIELDS, LOAD_FIELDS, AppUI, field_value, shown
 from engine.lora.presets import list_presets
@@ -38,28 +40,32 @@ class Page:
         return {self.comps[n]: u for n, u in updates.items()}
 
     def wire(self, fn, names):
-        """Adapt a handler returning {name: update} (or yielding such frames) to Gradio's dict outputs."""
+        """Adapt a handler returning {name: update} (or yielding such frames) to Gradio's dict outputs.
+        The adapter keeps the handler's name and signature (Gradio hands a gr.Request to a parameter of that
+        type)."""
+        @functools.wraps(fn)
         def handler(*args, **kwargs):
             return self.outputs(fn(*args, **kwargs))
         return {"fn": handler, "outputs": [self.comps[n] for n in names]}
 
 
-def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="outputs",
-             memory_path="ui_settings.json"):
-    app = AppUI(engine, output_dir, memory_path, lock_model, exposed_without_auth)
+def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="outputs"):
+    app = AppUI(engine, output_dir, lock_model, exposed_without_auth)
     settings = app.settings_for_type(app.first)
     caps = app.caps(app.first)
     page = Page()
 
     with gr.Blocks(title="Z-Image Studio") as demo:
         gr.Markdown("# Z-Image Studio")
+        # the user's last settings per type, in their own browser (app.web.memory)
+        store = page.add("memory", gr.BrowserState({}, storage_key=memory.STORAGE_KEY, secret=memory.SECRET))
         if exposed_without_auth:
             gr.Markdown("⚠️ **This app is reachable from other machines without a login: anyone with the address "
                         "can use your GPU. Restart it with `--auth USER:PASSWORD`.**", elem_id="exposed-warning")
 
         def fields(group):
             for spec in [f for f in FIELDS if f.group == group]:
-                page.add(spec.name, make_component(spec, settings, caps))
+                page.add(spec.name, make_component(spec, settings, caps, app.bounds))
 
         with gr.Row():
             with gr.Column(scale=1):
@@ -88,7 +94,8 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
                     page.add("vae", gr.Textbox(label="VAE (file or folder; empty: the model type's)",
                                                info="a Flux-compatible 16-channel VAE"))
                 memory_panel(app, page)
-                restore = gr.File(label="Drop a PNG made by this app to restore its settings", file_types=[".png"])
+                restore = page.add("restore", gr.File(label="Drop a PNG made by this app to restore its settings",
+                                                      file_types=[".png"]))
             with gr.Column(scale=1):
                 # progress shows on this status line only: an overlay would hide the live preview, and
                 # animating every output costs the browser CPU that a small machine's generation needs
@@ -100,17 +107,18 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
         field_names = [spec.name for spec in FIELDS]
         shown_by_type = ["about", *field_names, "lora_panel", "control_panel"]
         model = page["model_type"]
-        model.input(**page.wire(app.on_model, shown_by_type), inputs=[model, page["prompt"]], **PRIVATE)
+        model.input(**page.wire(app.on_model, shown_by_type), inputs=[model, page["prompt"], store], **PRIVATE)
+        demo.load(**page.wire(app.on_load, shown_by_type), inputs=[model, store], **PRIVATE)
         size.input(**page.wire(app.on_preset, ["width", "height"]), inputs=size, **PRIVATE)
         restore.upload(**page.wire(app.on_restore, ["model_type", *shown_by_type]), inputs=restore, **PRIVATE)
 
         # a set of inputs arrives as one {component: value} dict, leaving room for Gradio's special arguments
         value_names = [*field_names, *LOAD_FIELDS, *EXTRA_FIELDS]
         inputs = {model, *(page[n] for n in value_names)}
-        frame_names = ["preview", "gallery", "info", "used"]
+        frame_names = ["preview", "gallery", "info", "used", "memory"]
 
         def run(data: dict, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
-            for frame in app.generate(data[model], page.values(data, value_names), request, progress):
+            for frame in app.generate(data[model], page.values(data, value_names), request, progress, data[store]):
                 yield page.outputs(frame)
 
         def rewrite(data: dict, request: gr.Request, progress=gr.Progress()):
@@ -119,7 +127,7 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
         def make_map(data: dict, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
             return page.outputs(app.control_map(data[model], page.values(data, value_names), request))
 
-        go.click(run, inputs, [page[n] for n in frame_names], show_progress_on=info, **GPU, **PRIVATE)
+        go.click(run, inputs | {store}, [page[n] for n in frame_names], show_progress_on=info, **GPU, **PRIVATE)
         show_map.click(make_map, inputs, page["control_map"], **GPU, **PRIVATE)
         enhance.click(rewrite, inputs, [page["prompt"], page["original_prompt"]], **GPU, **PRIVATE)
         page["prompt"].input(lambda: "", None, page["original_prompt"], **PRIVATE)  # a new prompt of the user's
@@ -128,7 +136,7 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
         images_panel.wire_results(app, page, inputs, value_names)
         gr.api(app.api_txt2img, api_name="txt2img", **GPU)
         gr.api(app.api_stop, api_name="stop", queue=False)
-    demo.zimage_app = app
+    demo.zimage_app, demo.zimage_page = app, page
     return demo
 
 
@@ -172,7 +180,7 @@ def memory_panel(app: AppUI, page: Page) -> None:
                                             label="Memory profile (CUDA)"))
 
 
-def make_component(spec, settings, caps):
+def make_component(spec, settings, caps, bounds):
     value, visible = field_value(spec, settings), shown(spec, caps)
     common = dict(label=spec.label, visible=visible, info=spec.info or None, elem_id=f"field-{spec.name}")
     if spec.kind == "loras":
@@ -185,7 +193,7 @@ def make_component(spec, settings, caps):
     if spec.kind in ("text", "hidden", "margins"):
         return gr.Textbox(value=value, lines=3 if spec.name == "prompt" else 1, **common)
     if spec.kind == "slider":
-        lo, hi = spec.bounds(caps)
+        lo, hi = bounds(spec, caps)
         return gr.Slider(lo, hi, value=value, step=spec.step, **common)
     if spec.kind == "number":
         return gr.Number(value=value, precision=0 if spec.is_int() else None, **common)

@@ -15,6 +15,7 @@ import numpy as np
 from engine.errors import UserError
 
 MAX_PIXELS = 8192 * 8192  # decoded size cap (about 200 MB as RGB); decompression bombs are refused before decoding
+MAX_ASPECT = 20  # longest side / shortest side: a thinner strip is no picture to follow (and was a memory trap)
 
 
 class ImageFileError(UserError):
@@ -56,6 +57,9 @@ def _check_pixels(p, what, size) -> None:
     if w * h > MAX_PIXELS:
         raise ImageFileError(f"{what} {p}: {w}x{h} pixels is too large (the limit is {MAX_PIXELS // 10**6} "
                              "megapixels); scale it down first")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise ImageFileError(f"{what} {p}: {w}x{h} pixels is a {max(w, h) / min(w, h):.0f}:1 strip; pictures up to "
+                             f"{MAX_ASPECT}:1 are used (crop it first)")
 
 
 def to_8bit(img):
@@ -112,19 +116,22 @@ def size_for_aspect(image_size: tuple[int, int], width: int, height: int, multip
 
 def fit_image(img, width: int, height: int, mode: str, fill=0):
     """`img` at exactly width x height: "crop" fills and centre-crops, "fit" letterboxes on `fill`,
-    "image" (the output already has the image's aspect ratio) behaves like "crop" for the rounding."""
+    "image" (the output already has the image's aspect ratio) behaves like "crop" for the rounding.
+
+    Memory stays within the picture plus the output: the crop is cut from the picture's own pixels and
+    resized straight to the output size (resizing the whole picture first made a 1x8000 strip a 2 GB image)."""
     from PIL import Image
 
     if img.size == (width, height):
         return img.copy()
     iw, ih = img.size
-    scale = (min if mode == "fit" else max)(width / iw, height / ih)
-    nw, nh = max(1, round(iw * scale)), max(1, round(ih * scale))
-    resized = img.resize((nw, nh), Image.Resampling.LANCZOS)
     if mode == "fit":
+        scale = min(width / iw, height / ih)
+        nw, nh = min(width, max(1, round(iw * scale))), min(height, max(1, round(ih * scale)))
         canvas = Image.new(img.mode, (width, height), fill if img.mode == "L" else (fill,) * 3)
-        canvas.paste(resized, ((width - nw) // 2, (height - nh) // 2))
+        canvas.paste(img.resize((nw, nh), Image.Resampling.LANCZOS), ((width - nw) // 2, (height - nh) // 2))
         return canvas
-    left, top = (nw - width) // 2, (nh - height) // 2
-    return resized.crop((left, top, left + width, top + height))
-
+    scale = max(width / iw, height / ih)
+    crop_w, crop_h = width / scale, height / scale  # the part of the picture that fills the output
+    left, top = (iw - crop_w) / 2, (ih - crop_h) / 2
+    return img.resize((width, height), Image.Resampling.LANCZOS, box=(left, top, left + crop_w, top + crop_h))

@@ -105,34 +105,44 @@ def peft_alpha(metadata: dict, component: str = "transformer"):
 
     diffusers writes the PEFT config (r, lora_alpha, alpha_pattern, use_rslora) as JSON, its keys prefixed
     with the component; files without it scale by 1 (alpha = rank)."""
-    import json
+    from engine.jsontext import json_object_or_none
 
-    raw = metadata.get("lora_adapter_metadata")
-    if not raw:
-        return None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
+    data = json_object_or_none(metadata.get("lora_adapter_metadata"))
+    if data is None:
         return None
     pre = f"{component}."
     conf = {k[len(pre):]: v for k, v in data.items() if k.startswith(pre)} or data
     alpha = conf.get("lora_alpha")
-    if not isinstance(alpha, (int, float)):
+    if not _number(alpha):
         return None
-    patterns = conf.get("alpha_pattern") or {}
+    patterns = _patterns(conf.get("alpha_pattern"))
     rslora = bool(conf.get("use_rslora"))
 
     def alpha_for(module: str, rank: int) -> float:
         a = alpha
-        for pattern, value in patterns.items():
-            if re.fullmatch(rf"(.*\.)?{pattern}", module):
+        for pattern, value in patterns:
+            if pattern.fullmatch(module):
                 a = value
                 break
         return a * (rank ** 0.5) if rslora else a  # rsLoRA scales by alpha / sqrt(rank)
 
     return alpha_for
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _patterns(raw) -> list:
+    """PEFT's alpha_pattern {regex: alpha} compiled; entries that are not a regex and a number are skipped."""
+    out = []
+    for pattern, value in (raw.items() if isinstance(raw, dict) else ()):
+        try:
+            if _number(value):
+                out.append((re.compile(rf"(.*\.)?{pattern}"), value))
+        except re.error:
+            continue
+    return out
 
 
 def delta_shape(group: Group, shapes: dict) -> tuple[int, int | None] | None:

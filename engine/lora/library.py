@@ -116,11 +116,12 @@ class LoraLibrary:
 
         A LoRA moved inside the folder is found again by file name and sha256; a missing one is left out
         and a changed one (another sha256) is used, each with a warning."""
-        by_name = {r.get("name"): r for r in recorded if isinstance(r, dict)}
+        recorded = recorded if isinstance(recorded, list) else []  # a PNG's record is anyone's JSON
+        by_name = {r.get("name"): r for r in recorded if isinstance(r, dict) and isinstance(r.get("name"), str)}
         kept, notes = [], []
         for item in items:
             rec = by_name.get(item["name"], {})
-            want = rec.get("sha256")
+            want = rec.get("sha256") if isinstance(rec.get("sha256"), str) else None
             try:
                 f = self.resolve(item["name"])
             except SettingsError:

@@ -1,8 +1,12 @@
 """LoRA presets: a named set of LoRAs with strengths (and an optional prompt snippet), saved as
-`<LoRA folder>/presets/<name>.json`."""
+`<LoRA folder>/presets/<name>.json`.
+
+With logins, a user's saves go to `presets/users/<user>/`: each user sees the shared presets and their own
+(theirs win by name), and cannot change anyone else's. `user=None` means the shared presets."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -10,28 +14,45 @@ import tempfile
 from pathlib import Path
 
 from engine.errors import SettingsError
+from engine.jsontext import parse_json_object
 from engine.settings import normalize_loras
 
 FOLDER = "presets"
+MAX_PRESETS = 500  # per folder: a client saving in a loop cannot fill the disk
 _NAME = re.compile(r"^[\w][\w .+-]{0,79}$")
 
 
-def preset_path(lora_folder, name: str) -> Path:
+def presets_folder(lora_folder, user: str | None = None) -> Path:
+    """The shared presets folder, or a user's own (named safely whatever the login name holds)."""
+    folder = Path(lora_folder) / FOLDER
+    if user is None:
+        return folder
+    readable = re.sub(r"[^\w.-]", "_", str(user))[:40].strip(".") or "user"
+    return folder / "users" / f"{readable}-{hashlib.sha256(str(user).encode()).hexdigest()[:12]}"
+
+
+def preset_path(lora_folder, name: str, user: str | None = None) -> Path:
     if not isinstance(name, str) or not _NAME.match(name) or name.endswith((" ", ".")):
         raise SettingsError(f"preset name {name!r}: use letters, digits, spaces and . _ + - (no folders), "
                             "up to 80 characters")
-    return Path(lora_folder) / FOLDER / f"{name}.json"
+    return presets_folder(lora_folder, user) / f"{name}.json"
 
 
-def list_presets(lora_folder) -> list[str]:
-    folder = Path(lora_folder) / FOLDER
-    return sorted((p.stem for p in folder.glob("*.json") if _NAME.match(p.stem)), key=str.lower) \
-        if folder.is_dir() else []
+def _names(folder: Path) -> set[str]:
+    return {p.stem for p in folder.glob("*.json") if _NAME.match(p.stem)} if folder.is_dir() else set()
 
 
-def save_preset(lora_folder, name: str, loras: list[dict], prompt: str = "", overwrite: bool = False) -> Path:
-    """Write the preset atomically; an existing one is replaced only with overwrite=True."""
-    path = preset_path(lora_folder, name)
+def list_presets(lora_folder, user: str | None = None) -> list[str]:
+    """The shared presets, plus the user's own when `user` is given."""
+    names = _names(presets_folder(lora_folder)) | (_names(presets_folder(lora_folder, user)) if user else set())
+    return sorted(names, key=str.lower)
+
+
+def save_preset(lora_folder, name: str, loras: list[dict], prompt: str = "", overwrite: bool = False,
+                user: str | None = None) -> Path:
+    """Write the preset atomically (into `user`'s own presets when given); an existing one is replaced only
+    with overwrite=True."""
+    path = preset_path(lora_folder, name, user)
     loras = normalize_loras(loras)
     if not loras:
         raise SettingsError(f"preset {name!r}: choose at least one LoRA to save")
@@ -39,6 +60,8 @@ def save_preset(lora_folder, name: str, loras: list[dict], prompt: str = "", ove
         raise SettingsError(f"preset {name!r}: the prompt snippet must be text")
     if path.exists() and not overwrite:
         raise SettingsError(f"preset {name!r} exists already ({path}); choose another name or overwrite it")
+    if not path.exists() and len(_names(path.parent)) >= MAX_PRESETS:
+        raise SettingsError(f"{path.parent} holds {MAX_PRESETS} presets already; delete some first")
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"loras": loras, "prompt": prompt.strip()}
     fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".json", dir=path.parent)
@@ -52,20 +75,23 @@ def save_preset(lora_folder, name: str, loras: list[dict], prompt: str = "", ove
     return path
 
 
-def load_preset(lora_folder, name: str) -> dict:
-    """{"loras": [...], "prompt": str}; SettingsError naming the preset when it is missing or damaged."""
-    path = preset_path(lora_folder, name)
+def load_preset(lora_folder, name: str, user: str | None = None) -> dict:
+    """{"loras": [...], "prompt": str} (the user's own preset of that name first, else the shared one);
+    SettingsError naming the preset when it is missing or damaged."""
+    path = preset_path(lora_folder, name, user)
+    if user is not None and not path.is_file():
+        path = preset_path(lora_folder, name)
     if not path.is_file():
-        have = list_presets(lora_folder)
+        have = list_presets(lora_folder, user)
         raise SettingsError(f"no LoRA preset {name!r} in {path.parent}"
                             + (f" (presets: {', '.join(have)})" if have else ""))
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json_object(path.read_bytes(), "its text")
         loras = data["loras"]
         prompt = data.get("prompt", "") or ""
         if not isinstance(prompt, str):
             raise TypeError("prompt is not text")
-    except (ValueError, KeyError, TypeError) as exc:
+    except (SettingsError, ValueError, KeyError, TypeError, OSError) as exc:
         raise SettingsError(f"LoRA preset {path} is damaged ({exc})") from None
     try:
         return {"loras": normalize_loras(loras), "prompt": prompt}

@@ -6,17 +6,51 @@ memory-mapped file tensors the parameters themselves (no copy unless the dtype m
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from engine.errors import ModelFileError
 
+_building = threading.local()  # this thread's build_empty depth
+_hook_lock = threading.Lock()
+_hook = None
+
 
 def build_empty(factory):
-    """Run `factory()` with parameters on the meta device (buffers stay real)."""
-    from accelerate import init_empty_weights
+    """Run `factory()` with parameters on the meta device (buffers stay real).
 
-    with init_empty_weights(include_buffers=False):
+    Only this thread's new parameters go to the meta device: torch's parameter-registration hook checks a
+    thread-local flag, so a model built at the same time in another thread (a second load, a LoRA shape
+    probe) is untouched. accelerate's init_empty_weights patches nn.Module for the whole process instead,
+    and two overlapping uses could leave it patched for good (every later model built empty)."""
+    _install_hook()
+    _building.depth = getattr(_building, "depth", 0) + 1
+    try:
         return factory()
+    finally:
+        _building.depth -= 1
+
+
+def _install_hook() -> None:
+    global _hook
+    with _hook_lock:
+        if _hook is None:
+            from torch.nn.modules.module import register_module_parameter_registration_hook
+
+            _hook = register_module_parameter_registration_hook(_to_meta)
+
+
+def _to_meta(module, name, param):
+    """A parameter being registered in a thread inside build_empty, moved to the meta device (same class
+    and attributes, so quantized or tied parameter types survive)."""
+    if not getattr(_building, "depth", 0) or param is None or param.device.type == "meta":
+        return None
+    if type(param) is torch.nn.Parameter:
+        meta = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        meta.__dict__.update(param.__dict__)
+        return meta
+    return type(param)(param.to("meta"), **{**param.__dict__, "requires_grad": param.requires_grad})
 
 
 def check_shapes(model, shapes: dict, path, what: str, tied=()) -> None:

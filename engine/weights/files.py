@@ -43,6 +43,11 @@ def parse_ref(text) -> FileRef:
     m = _HUB_URL.match(text)
     if m:
         repo, kind, rev, path = m.groups()
+        parts = [*repo.split("/"), rev, *path.split("/")]
+        if any(p in ("", ".", "..") for p in parts) or "\\" in text:
+            raise ModelDefinitionError(f"{text}: a hub URL names a file inside its repository; '..', '.', empty "
+                                       "parts and backslashes are refused (they would lead outside the "
+                                       "checkpoints folder)")
         return FileRef(text, repo, path, rev, folder=kind == "tree")
     if text.startswith(("http://", "https://")):
         raise ModelDefinitionError(f"{text}: only huggingface.co URLs of the form "

@@ -41,11 +41,14 @@ def quantized_modules(keys) -> list[str]:
 
 
 def quantization_map(metadata: dict) -> dict:
+    from engine.jsontext import json_object_or_none
+
     raw = metadata.get("quantization_map_base64")
     try:
-        return json.loads(base64.b64decode(raw).decode()) if raw else {}
-    except (ValueError, UnicodeDecodeError):
+        data = json_object_or_none(base64.b64decode(raw)) if isinstance(raw, str) and raw else None
+    except ValueError:
         return {}
+    return {k: v for k, v in (data or {}).items() if isinstance(v, dict)}  # module -> {"weights": ..., ...}
 
 
 def check_quantized(path, entries: dict, metadata: dict) -> list[str]:

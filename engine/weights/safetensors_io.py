@@ -6,7 +6,6 @@ so they are refused by name, never opened.
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from pathlib import Path
 from engine.errors import ModelFileError
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
-_MAX_HEADER = 100 * 2**20
+MAX_HEADER = 16 * 2**20  # real headers are KBs (a LoRA's training metadata a few MB); parsing costs ~7x the bytes
 _DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E8M0": 1, "F4": 1}
 
@@ -60,16 +59,22 @@ def read_header(path: str | os.PathLike) -> TensorFileInfo:
         if len(head) < 8:
             raise ModelFileError(path, f"not a safetensors file (only {size} bytes)")
         (n,) = struct.unpack("<Q", head)
-        if n > _MAX_HEADER or n + 8 > size:
+        if n + 8 > size:
             raise ModelFileError(path, "not a safetensors file, or its header is cut off (truncated download?)")
+        if n > MAX_HEADER:  # refused before reading it: a huge header is no model's
+            raise ModelFileError(path, f"its safetensors header claims {n / 2**20:.0f} MiB; this app reads headers "
+                                       f"up to {MAX_HEADER >> 20} MiB (model files have a few KB): damaged or not "
+                                       "a model file")
         raw = fh.read(n)
+    from engine.errors import SettingsError
+    from engine.jsontext import parse_json_object
+
     try:
-        header = json.loads(raw)
-        assert isinstance(header, dict)
-    except (ValueError, AssertionError):
-        raise ModelFileError(path, "corrupt safetensors header (not valid JSON): the file is damaged or not "
-                                   "a safetensors file") from None
-    metadata = header.pop("__metadata__", None) or {}
+        header = parse_json_object(raw, "header")
+    except SettingsError as exc:
+        raise ModelFileError(path, f"corrupt safetensors header ({exc}): the file is damaged or not a "
+                                   "safetensors file") from None
+    metadata = _check_metadata(path, header.pop("__metadata__", None))
     tensors, offsets, end = _check_entries(path, header)
     if 8 + n + end != size:
         got, want = size, 8 + n + end
@@ -79,11 +84,26 @@ def read_header(path: str | os.PathLike) -> TensorFileInfo:
     return TensorFileInfo([path], tensors, dict(metadata), {k: path for k in tensors}, offsets)
 
 
+def _check_metadata(path: Path, metadata) -> dict:
+    """`__metadata__` maps text to text (the safetensors format; its own reader refuses anything else)."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ModelFileError(path, "corrupt safetensors header (__metadata__ must map text to text)")
+    return metadata
+
+
+def _count(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+
 def _check_entries(path: Path, header: dict) -> tuple[dict, dict, int]:
     tensors, offsets, end = {}, {}, 0
     for key, entry in header.items():
         try:
             dtype, shape, (start, stop) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+            if not (isinstance(dtype, str) and all(map(_count, shape)) and _count(start) and _count(stop)):
+                raise TypeError
         except (KeyError, TypeError, ValueError):
             raise ModelFileError(path, f"corrupt safetensors header (entry '{key}' is malformed)") from None
         count = 1

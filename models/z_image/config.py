@@ -32,12 +32,14 @@ def load_asset(name: str) -> dict:
 
 def metadata_config(metadata: dict) -> dict:
     """A model config stored in a file's header (Wan2GP's `config_base64`, or a plain `config`)."""
+    from engine.jsontext import json_object_or_none
+
     raw = metadata.get("config_base64")
     try:
-        text = base64.b64decode(raw).decode() if raw else metadata.get("config")
-        return json.loads(text) if text else {}
-    except (ValueError, UnicodeDecodeError):
+        text = base64.b64decode(raw) if isinstance(raw, str) and raw else metadata.get("config")
+    except ValueError:
         return {}
+    return json_object_or_none(text) or {}
 
 
 def infer_transformer_config(path, shapes: dict, base: dict, overrides: dict) -> dict:
