@@ -35,7 +35,7 @@ def api(tiny_model_json, tmp_path_factory):
 
 
 def long_job(seed=1):
-    return job_settings(seed, steps=200, size=512)
+    return job_settings(seed, steps=50, size=768)  # the most steps Turbo types allow; cancelled long before the end
 
 
 def test_submit_poll_fetch_gives_the_clis_image(api):
@@ -64,10 +64,13 @@ def test_api_key_and_login_name_the_owner_and_wrong_ones_are_refused(api):
     robot = client(api.url, key=KEY)
     job = robot.post("/v1/jobs", json=job_settings(3)).json()
     assert wait_for(robot, job["url"])["state"] == "done"
-    for bad in (client(api.url, key=KEY[:-1] + "X"), client(api.url), httpx.Client(
-            base_url=api.url, auth=("ann", "wrong"), timeout=30), httpx.Client(
-            base_url=api.url, auth=("nobody", "ann-password-1"), timeout=30)):
-        for method, path in (("get", "/v1/models"), ("get", f"/v1/jobs/{job['id']}"), ("post", "/v1/jobs")):
+    wrong_logins = [httpx.Client(base_url=api.url, auth=("ann", "wrong"), timeout=30),
+                    httpx.Client(base_url=api.url, auth=("nobody", "ann-password-1"), timeout=30)]
+    routes = (("get", "/v1/models"), ("get", f"/v1/jobs/{job['id']}"), ("post", "/v1/jobs"))
+    # wrong logins on one route each: a few more failures from one address would lock it out (app.auth)
+    for bad, paths in [(client(api.url, key=KEY[:-1] + "X"), routes), (client(api.url), routes),
+                       *[(login, routes[:1]) for login in wrong_logins]]:
+        for method, path in paths:
             answer = getattr(bad, method)(path, **({"json": job_settings(1)} if method == "post" else {}))
             assert answer.status_code == 401, (method, path)
             assert "Basic" in answer.headers["www-authenticate"]
@@ -331,3 +334,30 @@ def test_out_of_gpu_memory_fails_the_job_clearly_and_frees_the_model(engine, mon
     with pytest.raises(UserError, match="out of GPU memory at 512x768 .*the model was unloaded"):
         job.outcome()
     assert unloaded == [True]
+
+
+def test_failed_logins_lock_the_address_out_with_retry_after():
+    """The API shares the page's throttled logins: after repeated failures an address waits (429)."""
+    from fastapi import HTTPException
+
+    now = [0.0]
+    logins = Logins([("ann", "pw")], clock=lambda: now[0])
+    auth = ApiAuth(logins.check, None, logins.retry_after)
+
+    def caller(host, user, password):
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return SimpleNamespace(client=SimpleNamespace(host=host), headers={"authorization": f"Basic {token}"})
+
+    codes = []
+    for _ in range(6):
+        try:
+            auth.owner(caller("192.0.2.9", "ann", "wrong"))
+        except HTTPException as exc:
+            codes.append((exc.status_code, (exc.headers or {}).get("Retry-After")))
+    assert codes[:5] == [(401, None)] * 5 and codes[5] == (429, "1")
+    with pytest.raises(HTTPException) as locked:
+        auth.owner(caller("192.0.2.9", "ann", "pw"))  # even the right password waits
+    assert locked.value.status_code == 429
+    assert auth.owner(caller("192.0.2.10", "ann", "pw")) == "ann"  # another address is not affected
+    now[0] += 2
+    assert auth.owner(caller("192.0.2.9", "ann", "pw")) == "ann"

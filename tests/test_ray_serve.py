@@ -101,7 +101,7 @@ def test_two_replicas_serve_concurrent_jobs_with_the_clis_images(cluster):
 
 def test_a_full_queue_answers_429_with_retry_after(cluster):
     ann = client(cluster.url, "ann")
-    long = [ann.post("/v1/jobs", json=job_settings(s, steps=200, size=512)).json() for s in (1, 2)]
+    long = [ann.post("/v1/jobs", json=job_settings(s, steps=50, size=768)).json() for s in (1, 2)]
     for job in long:
         wait_for(ann, job["url"], states=("running",), timeout=WAIT)  # both replicas busy
     queued = [ann.post("/v1/jobs", json=job_settings(s)) for s in (3, 4)]  # --max-queue 2: two may wait
@@ -121,12 +121,12 @@ def test_a_full_queue_answers_429_with_retry_after(cluster):
 
 def test_a_replica_killed_mid_job_is_retried_on_another(cluster):
     cat = client(cluster.url, "cat")
-    job = cat.post("/v1/jobs", json=job_settings(50, steps=60)).json()
+    job = cat.post("/v1/jobs", json=job_settings(50, steps=50)).json()
     view = wait_for(cat, job["url"], states=("running",), timeout=WAIT, steps=1)
     os.kill(int(view["worker"].rsplit(" ", 1)[1]), signal.SIGKILL)
     view = wait_for(cat, job["url"], timeout=WAIT)
     assert view["state"] == "done" and view["attempts"] == 2, view
-    reference = cli_images(cluster.json, cluster.folder / "cli60", 50, 1, steps=60)
+    reference = cli_images(cluster.json, cluster.folder / "cli50", 50, 1, steps=50)
     assert np.array_equal(pixels(cat.get(view["images"][0]["url"]).content), reference[50])
 
 

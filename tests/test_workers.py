@@ -56,14 +56,14 @@ def running_job(farm, job_id, steps=1):
 
 def test_killing_a_worker_mid_job_retries_it_elsewhere_and_returns_the_right_image(farm):
     ann = client(farm.url, "ann")
-    job = ann.post("/v1/jobs", json=job_settings(31, steps=60)).json()
+    job = ann.post("/v1/jobs", json=job_settings(31, steps=50)).json()
     victim = running_job(farm, job["id"])
     slot, pid = victim.slot, farm.pool.pid(victim.slot)
     os.kill(pid, signal.SIGKILL)
     view = wait_for(ann, job["url"], timeout=WAIT)
     assert view["state"] == "done" and view["attempts"] == 2, view
     assert farm.queue.get(job["id"]).slot != slot  # the other worker, which was free, ran it again
-    reference = cli_images(farm.json, farm.folder / "cli60", 31, 1, steps=60)
+    reference = cli_images(farm.json, farm.folder / "cli50", 31, 1, steps=50)
     assert np.array_equal(pixels(ann.get(view["images"][0]["url"]).content), reference[31])
     assert farm.pool.pid(slot) != pid and farm.pool.restarts == 1  # a new worker took the dead one's place
     assert len(list((farm.folder / "out").glob("*.png"))) == 1  # the lost run wrote nothing
@@ -71,7 +71,7 @@ def test_killing_a_worker_mid_job_retries_it_elsewhere_and_returns_the_right_ima
 
 def test_a_job_whose_worker_dies_twice_fails_with_the_reason(farm):
     bob = client(farm.url, "bob")
-    job = bob.post("/v1/jobs", json=job_settings(32, steps=200)).json()
+    job = bob.post("/v1/jobs", json=job_settings(32, steps=50, size=512)).json()
     for attempt in (1, 2):
         victim = running_job(farm, job["id"])  # a step of this attempt reported (a retry starts afresh)
         assert victim.attempts == attempt

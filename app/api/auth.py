@@ -83,15 +83,17 @@ class ApiKeys:
 class ApiAuth:
     """The FastAPI dependency (`Depends(auth.owner)`) naming the caller, or answering 401/403."""
 
-    def __init__(self, check_login: Callable[[str, str, str], bool] | None = None, keys: ApiKeys | None = None):
+    def __init__(self, check_login: Callable[[str, str, str], bool] | None = None, keys: ApiKeys | None = None,
+                 retry_after: Callable[[str], float] | None = None):
         self.check_login = check_login
         self.keys = keys
+        self.retry_after = retry_after  # seconds a client locked out after failed logins must wait
 
     @classmethod
     def from_args(cls, args, logins) -> "ApiAuth":
         """The page's logins (app.auth.Logins: constant-time, throttled per client) and --api-key-file."""
         keys = ApiKeys.from_file(args.api_key_file) if getattr(args, "api_key_file", None) else None
-        return cls(logins.check if logins.enabled else None, keys)
+        return cls(logins.check if logins.enabled else None, keys, logins.retry_after if logins.enabled else None)
 
     @property
     def enabled(self) -> bool:
@@ -106,6 +108,10 @@ class ApiAuth:
                 raise HTTPException(403, "this server has no login configured: its API answers this computer "
                                          "only (start it with --auth, --auth-file or --api-key-file)")
             return LOCAL_OWNER
+        wait = self.retry_after(client) if self.retry_after is not None else 0
+        if wait > 0:
+            raise HTTPException(429, f"too many failed logins from {client}: try again in {wait:.0f} s",
+                                headers={"Retry-After": str(max(1, round(wait)))})
         name = self._identify(request.headers, client)
         if name is None:
             raise HTTPException(401, "a login (HTTP Basic) or an API key (Authorization: Bearer KEY) is needed, "
