@@ -308,11 +308,17 @@ class ZImageHandler:
 
     @staticmethod
     def lora_notes(settings: GenerationSettings, arch: str) -> list[str]:
-        """A reminder when several LoRAs are stacked on a distilled model (a known trait of Turbo)."""
+        """A reminder when several LoRAs are stacked on a distilled model (a known trait of Turbo), and when a
+        positive-only LoRA has no CFG pass to split (it then acts on every pass)."""
+        notes = []
         if len([x for x in settings.loras if x["strength"]]) > 1 and not CAPABILITIES[arch].cfg:
-            return ["stacking several LoRAs on a distilled (Turbo) model often degrades images: "
-                    "lower their strengths if it does"]
-        return []
+            notes.append("stacking several LoRAs on a distilled (Turbo) model often degrades images: "
+                         "lower their strengths if it does")
+        positive_only = [x["name"] for x in settings.loras if x.get("positive_only")]
+        if positive_only and not settings.cfg_on:
+            notes.append(f"LoRA {', '.join(positive_only)} is set to CFG's positive branch only, but CFG is off: "
+                         "it acts on every pass (these LoRAs are meant for Z-Image base with CFG)")
+        return notes
 
     @staticmethod
     def apply_loras(model, files) -> list[str]:
