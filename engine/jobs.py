@@ -45,6 +45,13 @@ class StageEvent:
     name: str  # what the job is doing now: "loading", "decoding", "saving", ...
 
 
+@dataclass
+class ProgressEvent:
+    done: int  # units of work done (blocks run, files read, ...)
+    total: int
+    what: str  # what is being done now, e.g. "DINOv3: block"
+
+
 class JobContext:
     """Handed to a job's function: report progress through it; each report is also where Stop takes effect."""
 
@@ -71,6 +78,9 @@ class JobContext:
 
     def stage(self, name: str) -> None:
         self.report(StageEvent(name))
+
+    def progress(self, done: int, total: int, what: str) -> None:
+        self.report(ProgressEvent(done, total, what))
 
 
 @dataclass(eq=False)

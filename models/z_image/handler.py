@@ -340,6 +340,29 @@ class ZImageHandler:
 
         return generate(model, settings, callback)
 
+    # ---- image to LoRA (Z-Image-i2L: models/z_image/i2l) ----------------------------------------
+
+    @staticmethod
+    def image_to_lora_files(locator: FileLocator, given: dict | None = None) -> list[str]:
+        """One line per image-to-LoRA file: where it is, or its download size."""
+        from models.z_image.i2l.files import status
+
+        return [s.line() for s in status(locator, given)]
+
+    @staticmethod
+    def prepare_image_to_lora(images, name: str, folder, locator: FileLocator, **options):
+        """A checked request (models/z_image/i2l/run.py: pictures, name, files, memory mode)."""
+        from models.z_image.i2l.run import prepare
+
+        return prepare(images, name, folder, locator, **options)
+
+    @staticmethod
+    def image_to_lora(request, locator: FileLocator, device, report=None):
+        """Make the LoRA file (returns models.z_image.i2l.run.I2LResult)."""
+        from models.z_image.i2l.run import make_lora
+
+        return make_lora(request, locator, device, report)
+
     @staticmethod
     def control_map(settings: GenerationSettings, locator: FileLocator, device):
         """The control map the model will see (PIL RGB at the output size), to show before generating."""
