@@ -120,7 +120,19 @@ def read_part(role: str, path) -> Prepared:
         config = H.config_from_shapes(path, shapes)
     else:
         config = E.config_for(role, path, shapes)
-    return Prepared(role, Path(path), info, names, shapes, config)
+    part = Prepared(role, Path(path), info, names, shapes, config)
+    check_shapes(empty_model(part), shapes, path, _what(role))  # on the meta device: costs no memory
+    return part
+
+
+def _what(role: str) -> str:
+    return NAMES[role].removeprefix("the ")
+
+
+def empty_model(part: Prepared):
+    if part.role == HYPERNETWORK:
+        return build_empty(lambda: H.ZImageImageToLora(part.config))
+    return build_empty(E.factory(part.role, part.config))
 
 
 def check_files(paths: dict) -> dict:
@@ -141,13 +153,8 @@ def build(part: Prepared, dtype: torch.dtype, int8: bool = False):
     """The model for a checked file, its weights memory-mapped from the file (INT8: quantized while loading)."""
     from engine.weights import quantization as Q
 
-    if part.role == HYPERNETWORK:
-        model = build_empty(lambda: H.ZImageImageToLora(part.config))
-        what = "Z-Image-i2L hypernetwork"
-    else:
-        model = build_empty(E.factory(part.role, part.config))
-        what = NAMES[part.role].removeprefix("the ")
-    check_shapes(model, part.shapes, part.path, what)
+    model = empty_model(part)
+    check_shapes(model, part.shapes, part.path, _what(part.role))
     tensors = {part.names[k]: v for k, v in load_tensors(part.info).items()}
     if int8:
         modules = Q.block_linears(model)
