@@ -8,23 +8,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from models.z_image.i2l.tiny import write_picture  # noqa: F401  (the tests' pictures)
+
 TINY_TARGETS = {"attention.to_q": (64, 64), "attention.to_k": (64, 64), "attention.to_v": (64, 64),
                 "attention.to_out.0": (64, 64), "feed_forward.w1": (64, 170), "feed_forward.w2": (170, 64),
                 "feed_forward.w3": (64, 170)}  # target -> (in, out) for the tiny transformer
 COMPONENTS = {"layers_lora": ("layers", 2), "context_refiner_lora": ("context_refiner", 1),
               "noise_refiner_lora": ("noise_refiner", 1)}
 ATTN, FFN = list(TINY_TARGETS)[:4], list(TINY_TARGETS)[4:]
-
-
-def write_picture(path, size=(320, 240), seed=0, mode="RGB"):
-    """A picture with structure (gradients plus noise), so crops and encoders see different content."""
-    w, h = size
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (w + h)], -1)
-    arr = np.clip(base + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
-    Image.fromarray(arr).convert(mode).save(path)
-    return path
 
 
 def reference_crop(path, side=1024) -> torch.Tensor:

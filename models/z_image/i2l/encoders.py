@@ -100,9 +100,32 @@ def factory(role: str, config):
     def make():
         model = cls(config)
         model.set_attn_implementation("sdpa")
+        if role == SIGLIP2 and config.vision_use_head:
+            sequence_first(model.head.attention)
         return model
 
     return make
+
+
+def sequence_first(attention: torch.nn.MultiheadAttention) -> None:
+    """Run SigLIP's pooling attention sequence-first on contiguous inputs (hooks; the same math, bit for bit).
+
+    With batch_first, nn.MultiheadAttention transposes key and value inside; on the CPU, a bf16 linear of that
+    transposed view (weights not requiring grad) goes through a batched matmul that copies the key/value
+    projection weight once per token: 1.3 GB for a 768-wide toy, about 5 GB at SigLIP2-G384's size (torch 2.x)."""
+    attention.batch_first = False
+
+    def before(module, args, kwargs):
+        names = ("query", "key", "value")
+        args = tuple(a.transpose(0, 1).contiguous() if i < 3 else a for i, a in enumerate(args))
+        kwargs = {k: (v.transpose(0, 1).contiguous() if k in names else v) for k, v in kwargs.items()}
+        return args, kwargs
+
+    def after(module, args, kwargs, output):
+        return (output[0].transpose(0, 1), *output[1:])
+
+    attention.register_forward_pre_hook(before, with_kwargs=True)
+    attention.register_forward_hook(after, with_kwargs=True)
 
 
 def blocks(role: str, model) -> list:

@@ -1,4 +1,4 @@
-"""Tiny random image-to-LoRA models in the released file layouts, for tests and benchmarks (no download).
+"""Tiny random image-to-LoRA models in the released file layouts, and pictures, for tests and benchmarks.
 
 The encoders are transformers' own classes at a toy width, saved with the release's names (DINOv3's blocks as
 `layer.N.*`); the hypernetwork's tensors are written name by name in the Z-Image-i2L layout, sized for the tiny
@@ -101,3 +101,17 @@ def write_files(folder, layout: str = "diffsynth", dtype: torch.dtype | None = N
         save_file({k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in sd.items()}, str(path))
         paths[role] = path
     return paths
+
+
+def write_picture(path, size=(320, 240), seed=0, mode="RGB"):
+    """A picture with structure (gradients plus noise), so crops and encoders see different content."""
+    import numpy as np
+    from PIL import Image
+
+    w, h = size
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (w + h)], -1)
+    arr = np.clip(base + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(arr).convert(mode).save(path)
+    return path
