@@ -282,3 +282,14 @@ def test_stop_leaves_no_file(kit, engine, monkeypatch):
     assert any("SigLIP2" in e for e in events)
     assert not req.target.exists()
     assert engine.model is None  # the generation model was unloaded for the encoders
+
+
+def test_out_of_memory_is_one_clear_line(kit, monkeypatch):
+    def boom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 13.40 GiB")
+
+    monkeypatch.setattr(E, "encode", boom)
+    req = R.prepare(kit["pictures"][:1], "oom", kit["folder"] / "loras", kit["locator"], dtype="float32")
+    with pytest.raises(UserError, match="out of GPU memory running the SigLIP2-G384 image encoder .*'stream'"):
+        R.make_lora(req, kit["locator"], "cpu")
+    assert not req.target.exists()

@@ -38,7 +38,7 @@ def test_make_list_and_use(cli, tmp_path, tiny_model_json):
     assert "writing the LoRA" in made.stderr and "--lora \"ink style.safetensors\"" in made.stderr
 
     listed = cli("loras", *common)
-    assert "ink style.safetensors" in listed.stdout
+    assert "ink style.safetensors" in listed.stdout and "CFG positive branch only by default" in listed.stdout
 
     again = cli("image-to-lora", *pictures, "--name", "ink style", *common)
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
