@@ -156,10 +156,13 @@ def build(part: Prepared, dtype: torch.dtype, int8: bool = False):
     model = empty_model(part)
     check_shapes(model, part.shapes, part.path, _what(part.role))
     tensors = {part.names[k]: v for k, v in load_tensors(part.info).items()}
-    if int8:
+    if int8:  # the rest is copied too, so nothing keeps the file mapped (its pages would stay in RSS)
         modules = Q.block_linears(model)
         Q.install_int8_linears(model, modules, dtype, part.path)
+        fresh = {f"{m}{suffix}" for m in modules for suffix in (Q.DATA, Q.SCALE, ".input_scale", ".output_scale")}
         tensors = Q.complete_tensors(Q.quantized_state_dict(tensors, modules), modules, dtype)
+        tensors = {k: v if k in fresh else v.to(dtype, copy=True) if v.is_floating_point() else v.clone()
+                   for k, v in tensors.items()}
     assign_weights(model, tensors, dtype)
     for module in model.modules():  # floating buffers (DINOv3's RoPE frequencies) in the compute dtype, as
         for name, buf in module._buffers.items():  # DiffSynth's model.to(dtype) leaves them
