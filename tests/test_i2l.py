@@ -257,9 +257,16 @@ def test_int8_mode_is_close_and_stream_mechanics(kit):
     torch.testing.assert_close(streamed, reference, rtol=0, atol=0)
 
 
-def test_memory_modes_off_cuda():
-    cpu = torch.device("cpu")
+def test_memory_modes(monkeypatch, tmp_path):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert [R.resolve_mode(m, cpu, 10**12) for m in R.MEMORY_MODES] == ["whole", "whole", "whole", "int8"]
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (11 * 2**30, 12 * 2**30))  # a 12 GB card
+    dinov3, siglip2 = 13_432_070_144, 2_327_319_552
+    assert R.resolve_mode("auto", cuda, dinov3) == "stream" and R.resolve_mode("auto", cuda, siglip2) == "whole"
+    assert [R.resolve_mode(m, cuda, dinov3) for m in ("whole", "stream", "int8")] == ["whole", "stream", "int8"]
+    part = R.read_part(SIGLIP2, tiny.write_files(tmp_path)[SIGLIP2])
+    assert part.weight_bytes(torch.float32) == 2 * part.weight_bytes(torch.bfloat16) == 4 * part.weight_bytes(
+        torch.bfloat16, int8=True)
 
 
 def test_stop_leaves_no_file(kit, engine, monkeypatch):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -102,6 +103,11 @@ class Prepared:
     def nbytes(self) -> int:
         return self.info.nbytes()
 
+    def weight_bytes(self, dtype: torch.dtype, int8: bool = False) -> int:
+        """What the weights take once loaded in `dtype` (INT8: one byte each)."""
+        count = sum(math.prod(shape) for shape in self.shapes.values())
+        return count * (1 if int8 else torch.empty((), dtype=dtype).element_size())
+
     @property
     def width(self) -> int:
         return self.config.hidden_size if self.role != HYPERNETWORK else self.config.embedding
@@ -175,7 +181,7 @@ def blocks_of(role: str, model) -> list:
     return model.block_list() if role == HYPERNETWORK else E.blocks(role, model)
 
 
-def resolve_mode(mode: str, device, nbytes: int) -> str:
+def resolve_mode(mode: str, device, nbytes: int) -> str:  # nbytes: the weights in the compute dtype
     """The placement for one model: on CUDA, auto is whole when it fits in free VRAM (with room for
     activations), else stream; off CUDA, stream is whole (there is nothing to stream to)."""
     if device.type != "cuda":
@@ -192,7 +198,7 @@ class Placed:
     def __init__(self, part: Prepared, dtype, mode: str, device):
         from engine.placement.streaming import BlockStreamer
 
-        self.role, self.mode = part.role, resolve_mode(mode, device, part.nbytes)
+        self.role, self.mode = part.role, resolve_mode(mode, device, part.weight_bytes(dtype))
         self.device, self.dtype = device, dtype
         self.model = build(part, dtype, int8=self.mode == "int8")
         self.streamer = None
