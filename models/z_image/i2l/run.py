@@ -223,7 +223,9 @@ def free_memory() -> None:
 # ---- running -------------------------------------------------------------------------------------
 
 def _progress_hooks(model, role, blocks, tick):
-    return [b.register_forward_pre_hook(lambda *_: tick(f"{LABELS[role]}: block")) for b in blocks]
+    """A tick before each block runs ("DINOv3: block 12/40"): progress, and where Stop takes effect."""
+    return [b.register_forward_pre_hook(lambda *_, i=i: tick(f"{LABELS[role]}: block {i + 1}/{len(blocks)}"))
+            for i, b in enumerate(blocks)]
 
 
 def encode(placed: Placed, part: Prepared, crops: torch.Tensor, tick=None) -> torch.Tensor:
