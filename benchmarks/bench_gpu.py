@@ -1,5 +1,7 @@
 """GPU benchmark for users: seconds per 1024x1024 image, peak VRAM and peak RAM, for each memory profile and
-for bf16 vs INT8 files, img2img at strength 0.5, and the prompt enhancer's tokens per second. It prints a table and one JSON line to paste into an issue.
+for bf16 vs INT8 files, img2img at strength 0.5, the prompt enhancer's tokens per second, and image to LoRA
+(Z-Image-i2L: seconds per picture, peak VRAM, per --i2l-memory mode). It prints tables and one JSON line to paste
+into an issue.
 
 Run it with your Z-Image files in place (the same flags as the app find them):
   python benchmarks/bench_gpu.py [--model z_image] [--profiles 1,2,3,4,5] [--quantizations bf16,int8]
@@ -95,6 +97,76 @@ def img2img_seconds(engine, settings, image) -> float:
     return time.perf_counter() - t0
 
 
+def i2l_child(config: dict) -> dict:
+    """Image to LoRA (Z-Image-i2L) from `pictures` synthetic 1024x1024 pictures: seconds per picture (the three
+    models loaded, run and freed included), peak VRAM and RAM over the run, and how each model was placed."""
+    import tempfile
+
+    from engine.weights.files import FileLocator
+    from models.z_image.i2l import run as R
+    from models.z_image.i2l.tiny import write_picture
+
+    comfy = Path(config["comfyui"]) if config["comfyui"] else None
+    locator = FileLocator(Path(config["checkpoints"]), comfy)
+    folder = Path(tempfile.mkdtemp(prefix="zimage-bench-i2l-"))
+    pictures = [write_picture(folder / f"p{i}.png", (1024, 1024), seed=i) for i in range(config["pictures"])]
+    request = R.prepare(pictures, "bench", folder, locator, memory=config["memory"])
+    result = R.make_lora(request, locator, config["device"] or ("cuda" if _cuda() else "cpu"))
+    stages = result.memory.values()
+    return {"seconds_per_picture": result.seconds / len(pictures), "seconds": result.seconds,
+            "peak_vram_bytes": max((st.get("peak_vram_bytes", 0) for st in stages), default=0),
+            "peak_ram_bytes": max(st["peak_ram_bytes"] for st in stages), "modes": result.modes}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def i2l_rows(args, base: dict, cuda: bool) -> list[dict]:
+    """The i2L rows: one per --i2l-memory mode on a GPU (files found as the app finds them, else skipped), or a
+    reduced check with tiny random files on the CPU."""
+    from engine.weights.files import FileLocator
+    from models.z_image.i2l.files import status
+
+    if not cuda:
+        from models.z_image.i2l.tiny import write_files
+
+        folder = Path(tempfile.mkdtemp(prefix="zimage-bench-gpu-i2l-"))
+        write_files(folder / "ckpts")
+        configs = [dict(base, checkpoints=str(folder / "ckpts"), comfyui=None, device="cpu", memory="auto",
+                        pictures=min(args.i2l_pictures, 2))]
+    else:
+        locator = FileLocator(Path(args.checkpoints), Path(args.comfyui_models) if args.comfyui_models else None)
+        missing = [s.part.label for s in status(locator) if s.path is None]
+        if missing and not args.download:
+            return [{"memory": m, "skipped": f"not on disk: {', '.join(missing)}"}
+                    for m in args.i2l_memory.split(",")]
+        configs = [dict(base, memory=m, pictures=args.i2l_pictures) for m in args.i2l_memory.split(",")]
+    rows = []
+    for config in configs:
+        out = subprocess.run([sys.executable, __file__, "--i2l-child", json.dumps(config)], capture_output=True,
+                             text=True)
+        result = ({"error": (out.stderr.strip().splitlines() or ["failed"])[-1]} if out.returncode
+                  else json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append({"memory": config["memory"], "pictures": config["pictures"], **result})
+        print(f"done: i2L {config['memory']}: {result.get('error') or 'ok'}", file=sys.stderr)
+    return rows
+
+
+def print_i2l(rows: list[dict]) -> None:
+    print(f"\n{'i2L memory':<12}{'pictures':>9}{'s / picture':>13}{'peak VRAM':>12}{'peak RAM':>11}  models placed")
+    for row in rows:
+        if "seconds_per_picture" in row:
+            vram = f"{row['peak_vram_bytes'] / GIB:.2f} GiB" if row["peak_vram_bytes"] else "-"
+            modes = ", ".join(f"{k} {v}" for k, v in row["modes"].items())
+            print(f"{row['memory']:<12}{row['pictures']:>9}{row['seconds_per_picture']:>11.1f} s{vram:>12}"
+                  f"{row['peak_ram_bytes'] / GIB:>7.2f} GiB  {modes}")
+        else:
+            print(f"{row['memory']:<12}  {row.get('error') or row.get('skipped')}")
+
+
 def enhancer_speed(engine, settings) -> float | None:
     """Tokens per second of the prompt enhancer (the loaded text encoder writing up to 400 tokens)."""
     from engine.errors import UserError
@@ -163,6 +235,9 @@ def main():
     ap.add_argument("--model-def", action="append", default=[])
     ap.add_argument("--finetunes", default=str(ROOT / "finetunes"))
     ap.add_argument("--download", action="store_true", help="download missing files instead of skipping")
+    ap.add_argument("--i2l-memory", default="auto", help="image-to-LoRA rows: memory modes to time, e.g. "
+                                                         "auto,stream,int8 (the app's --i2l-memory)")
+    ap.add_argument("--i2l-pictures", type=int, default=4, help="pictures per image-to-LoRA run")
     args = ap.parse_args()
     import torch
 
@@ -212,12 +287,16 @@ def main():
                   f"{row['enhancer_tokens_per_s'] or 0:>8.1f} t/s")
         else:
             print(f"{profile:<9}{row['quantization']:<7}  {row.get('error') or row.get('skipped')}")
+    i2l = i2l_rows(args, base, torch.cuda.is_available())
+    print_i2l(i2l)
     print(json.dumps({"bench": "gpu", "machine": info, "size": base["size"], "steps": base["steps"],
-                      "model": base["model"], "rows": rows}))
+                      "model": base["model"], "rows": rows, "i2l": i2l}))
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         print(json.dumps(child(json.loads(sys.argv[2]))))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--i2l-child":
+        print(json.dumps(i2l_child(json.loads(sys.argv[2]))))
     else:
         main()

@@ -242,6 +242,22 @@ class Engine:
         with self._gpu:
             return handler.control_map(settings, self.locator, self.device)
 
+    def prepare_image_to_lora(self, images, name: str, model_type: str = "z_image", **options):
+        """An image-to-LoRA request (pictures, the new LoRA's name, files, memory mode), checked before any
+        loading; the LoRA goes into the model type's LoRA folder. Families without the feature say so."""
+        handler = self.registry.handler(model_type)
+        if not hasattr(handler, "image_to_lora"):
+            raise SettingsError(f"{model_type}: making LoRAs from pictures is not available for this family")
+        folder = self.lora_library(model_type).folder
+        return handler.prepare_image_to_lora(images, name, folder, self.locator, **options)
+
+    def image_to_lora(self, request, report=None, model_type: str = "z_image"):
+        """Run a prepared image-to-LoRA request (as a job: engine.jobs.run(lambda ctx: engine.image_to_lora(
+        request, ctx.progress))). The generation model is unloaded first: the encoders need its memory."""
+        with self._gpu:
+            self.unload()
+            return self.registry.handler(model_type).image_to_lora(request, self.locator, self.device, report)
+
     def preview(self, latents):
         """A cheap picture of in-progress latents from the loaded model."""
         return self.registry.handler(self.model.model_type).preview(self.model, latents)

@@ -49,6 +49,13 @@ class StageEvent:
     name: str  # what the job is doing now: "loading", "decoding", "saving", ...
 
 
+@dataclass
+class ProgressEvent:
+    done: int  # units of work done (blocks run, files read, ...)
+    total: int
+    what: str  # what is being done now, e.g. "DINOv3: block"
+
+
 class Retry(Exception):
     """Raised by a job's work when its worker was lost: run it again (on any slot), up to the job's `retries`;
     after that the job fails with this message."""
@@ -82,6 +89,9 @@ class JobContext:
 
     def stage(self, name: str) -> None:
         self.report(StageEvent(name))
+
+    def progress(self, done: int, total: int, what: str) -> None:
+        self.report(ProgressEvent(done, total, what))
 
 
 @dataclass(eq=False)

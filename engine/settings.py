@@ -51,7 +51,8 @@ class GenerationSettings:
     height: int = 1024
     batch_size: int = 1  # images in one pass
     count: int = 1  # runs, with successive seeds
-    # [{"name": path inside the LoRA folder, "strength": float, "schedule": [float, ...] or None}]; see lora_item()
+    # [{"name": path inside the LoRA folder, "strength": float, "schedule": [float, ...] or None,
+    #   "positive_only": True (only when set: CFG's positive branch only)}]; see lora_item()
     loras: list = field(default_factory=list)
     enhance: bool = False  # rewrite the prompt with the text encoder before generating
     enhance_thinking: bool = False  # let the enhancer think first (slower; the thinking is dropped)
@@ -288,10 +289,12 @@ def _check_float(value, name, lo, hi):
 
 # ---- LoRA items ---------------------------------------------------------------------------------
 
-def lora_item(name: str, strength: float = 1.0, schedule=None) -> dict:
+def lora_item(name: str, strength: float = 1.0, schedule=None, positive_only: bool = False) -> dict:
     """One entry of `loras`. `schedule` (optional): per-step multipliers of `strength`, spread evenly over the
-    steps ("1.0,0.5" on 8 steps: full strength for steps 1-4, half for 5-8)."""
-    return normalize_loras([{"name": name, "strength": strength, "schedule": schedule}])[0]
+    steps ("1.0,0.5" on 8 steps: full strength for steps 1-4, half for 5-8). `positive_only`: the LoRA acts on
+    CFG's positive branch only (the negative prediction stays as without it), as image-to-LoRA LoRAs are meant."""
+    return normalize_loras([{"name": name, "strength": strength, "schedule": schedule,
+                             "positive_only": positive_only}])[0]
 
 
 def normalize_loras(items) -> list[dict]:
@@ -305,7 +308,7 @@ def normalize_loras(items) -> list[dict]:
     for item in items:
         if not isinstance(item, dict) or "name" not in item:
             raise SettingsError(f"a LoRA entry must be {{'name': ..., 'strength': ...}}, got {item!r}")
-        unknown = sorted(set(item) - {"name", "strength", "schedule"})
+        unknown = sorted(set(item) - {"name", "strength", "schedule", "positive_only"})
         if unknown:
             raise SettingsError(f"LoRA entry {item.get('name')!r}: unknown field(s) {', '.join(unknown)}")
         name = item["name"]
@@ -317,8 +320,16 @@ def normalize_loras(items) -> list[dict]:
         strength = item.get("strength", 1.0)
         _check_float(strength, f"strength of LoRA {name!r}", lo, hi)
         schedule = parse_schedule(item.get("schedule"), name)
-        out.append({"name": name, "strength": float(strength), "schedule": schedule})
+        out.append({"name": name, "strength": float(strength), "schedule": schedule,
+                    **_positive_only(item.get("positive_only", False), name)})
     return out
+
+
+def _positive_only(value, name: str) -> dict:
+    """{"positive_only": True} or {} (off is left out, so entries without the option stay as they were)."""
+    if not isinstance(value, bool):
+        raise SettingsError(f"positive_only of LoRA {name!r} must be true or false, got {value!r}")
+    return {"positive_only": True} if value else {}
 
 
 def parse_schedule(value, name: str = "") -> list[float] | None:
@@ -338,8 +349,21 @@ def parse_schedule(value, name: str = "") -> list[float] | None:
     return [float(v) for v in value]
 
 
+LORA_BRANCHES = {"positive": True, "both": False}  # the command line's :positive / :both suffix
+
+
+def lora_branch(text: str) -> bool | None:
+    """True for NAME...:positive, False for NAME...:both, None when the command line does not say."""
+    name, sep, value = str(text).rpartition(":")
+    return LORA_BRANCHES.get(value) if sep and name else None
+
+
 def parse_lora_arg(text: str) -> dict:
-    """The command line's NAME, NAME:STRENGTH or NAME:M1,M2,... (a per-step schedule at strength 1)."""
+    """The command line's NAME, NAME:STRENGTH or NAME:M1,M2,... (a per-step schedule at strength 1), each
+    optionally ending in :positive (CFG's positive branch only) or :both."""
+    branch = lora_branch(text)
+    if branch is not None:
+        return {**parse_lora_arg(str(text).rpartition(":")[0]), **_positive_only(branch, str(text))}
     name, sep, value = str(text).rpartition(":")
     if not sep or not name or "," not in value and not _is_number(value):
         if sep and name.lower().endswith(".safetensors"):  # NAME.safetensors:strong is a strength typo

@@ -332,7 +332,7 @@ def test_lora_panel_lists_folder_and_applies_picked_loras(lora_engine, tmp_path)
     choices = app.on_refresh_loras("z_image_tiny_test")["lora_pick"]["choices"]
     assert choices == ["kohya.safetensors", "sub/fused.safetensors"]
     rows = app.on_add_lora("sub/fused.safetensors", [["", None, ""]])["loras"]
-    assert rows == [["sub/fused.safetensors", 1.0, ""]]
+    assert rows == [["sub/fused.safetensors", 1.0, "", False]]
     assert rows_to_loras([["a.safetensors", 0.5, "1.0,0.5"], ["", 1, ""]]) == [
         {"name": "a.safetensors", "strength": 0.5, "schedule": "1.0,0.5"}]
 
@@ -350,4 +350,4 @@ def test_lora_panel_lists_folder_and_applies_picked_loras(lora_engine, tmp_path)
     assert path["value"] == "my set"
     loaded = app.on_load_preset("z_image_tiny_test", "my set", "a boat")
     loaded_rows, prompt = loaded["loras"], loaded["prompt"]
-    assert loaded_rows == [["sub/fused.safetensors", 1.0, ""]] and prompt == "a boat, lantern light"
+    assert loaded_rows == [["sub/fused.safetensors", 1.0, "", False]] and prompt == "a boat, lantern light"

@@ -68,9 +68,11 @@ def settings_from_args(engine, args):
 
         preset = load_preset(engine.lora_library(model_type).folder, args.lora_preset)
     if args.lora:
-        from engine.settings import parse_lora_arg
+        from engine.lora.file_options import with_file_default
+        from engine.settings import lora_branch, parse_lora_arg
 
-        changes["loras"] = [parse_lora_arg(text) for text in args.lora]
+        library = engine.lora_library(model_type)  # a file may ask for CFG's positive branch only (i2L LoRAs)
+        changes["loras"] = [with_file_default(parse_lora_arg(t), library, lora_branch(t)) for t in args.lora]
     merged = merge_settings(engine, model_type, base=base, record=record, preset=preset, changes=changes,
                             input_stores=stores)
     for note in merged.notes:

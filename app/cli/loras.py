@@ -40,8 +40,12 @@ def cmd_loras(args) -> int:
     handler = engine.registry.handler(model_type)
     files = library.scan()
     print(f"LoRA folder {library.folder}: {len(files)} file(s)")
+    from engine.lora.file_options import read_options
+
     for f in files:
-        print(f"  {f.name}\t{human_size(f.size)}\t{handler.describe_lora(f.path)}")
+        made_for = ("; CFG positive branch only by default (made from pictures)"
+                    if read_options(f.path).positive_only else "")
+        print(f"  {f.name}\t{human_size(f.size)}\t{handler.describe_lora(f.path)}{made_for}")
     names = presets.list_presets(library.folder)
     if names:
         print(f"presets: {', '.join(names)}")

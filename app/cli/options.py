@@ -121,7 +121,9 @@ def generate_options(p: argparse.ArgumentParser) -> None:
 def lora_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", action="append", metavar="NAME[:STRENGTH]",
                    help="a LoRA from the LoRA folder (path inside it), strength -2..2 (default 1); "
-                        "NAME:1.0,0.5 spreads per-step strengths over the steps; repeatable")
+                        "NAME:1.0,0.5 spreads per-step strengths over the steps; a final :positive applies it to "
+                        "CFG's positive branch only, :both to both (default: the file's choice, else both); "
+                        "repeatable")
     p.add_argument("--lora-preset", metavar="PRESET", help="the LoRAs (and prompt snippet) of a saved preset")
 
 

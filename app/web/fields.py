@@ -137,23 +137,32 @@ FIELDS = [
 ]
 
 
-LORA_COLUMNS = ["LoRA", "strength", "schedule"]
+LORA_COLUMNS = ["LoRA", "strength", "schedule", "CFG positive only"]
+LORA_TYPES = ["str", "number", "str", "bool"]
 
 
 def loras_to_rows(loras: list[dict]) -> list[list]:
-    return [[x["name"], x["strength"], ",".join(f"{v:g}" for v in x.get("schedule") or [])] for x in loras]
+    return [[x["name"], x["strength"], ",".join(f"{v:g}" for v in x.get("schedule") or []),
+             bool(x.get("positive_only"))] for x in loras]
 
 
 def rows_to_loras(rows) -> list[dict]:
-    """Table rows [name, strength, schedule] to `loras` items; blank names are skipped."""
+    """Table rows [name, strength, schedule(, positive only)] to `loras` items; blank names are skipped."""
     out = []
     for row in rows or []:
         name = str(row[0] or "").strip() if row else ""
         if name:
             strength = row[1] if len(row) > 1 and row[1] not in (None, "") else 1.0
             schedule = str(row[2]).strip() if len(row) > 2 and row[2] not in (None, "") else None
-            out.append({"name": name, "strength": float(strength), "schedule": schedule or None})
+            item = {"name": name, "strength": float(strength), "schedule": schedule or None}
+            if len(row) > 3 and _checked(row[3]):
+                item["positive_only"] = True
+            out.append(item)
     return out
+
+
+def _checked(value) -> bool:
+    return value is True or str(value).strip().lower() in ("true", "1", "yes")
 
 
 def coerce(spec: FieldSpec, value):

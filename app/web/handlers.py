@@ -171,11 +171,21 @@ class AppUI:
         return {"lora_pick": gr.update(choices=names, value=None),
                 "preset_pick": gr.update(choices=list_presets(self.lora_folder(model_type), user_of(request)))}
 
-    def on_add_lora(self, name, rows) -> dict:
+    def on_add_lora(self, name, rows, model_type=None) -> dict:
+        """The picked LoRA as a new row; positive-only ticked when its file asks for it (image-to-LoRA ones)."""
         rows = [r for r in (rows or []) if r and str(r[0] or "").strip()]
         if name and name not in [r[0] for r in rows]:
-            rows.append([name, 1.0, ""])
+            rows.append([name, 1.0, "", self.file_options(model_type, name).positive_only])
         return {"loras": rows}
+
+    def file_options(self, model_type, name):
+        """What a LoRA file recommends about its use (engine.lora.file_options); nothing for a bad name."""
+        from engine.lora.file_options import FileOptions, read_options
+
+        try:
+            return read_options(self.engine.lora_library(model_type or self.first).resolve(name).path)
+        except UserError:
+            return FileOptions()
 
     def on_load_preset(self, model_type, name, prompt, request: gr.Request = None) -> dict:
         with reported():

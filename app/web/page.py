@@ -9,8 +9,9 @@ import functools
 import gradio as gr
 
 from app.web import images_panel, memory
-from app.web.fields import FIELDS, LORA_COLUMNS
+from app.web.fields import FIELDS, LORA_COLUMNS, LORA_TYPES
 from app.web.handlers import EXTRA_FIELDS, LOAD_FIELDS, AppUI, field_value, shown
+from app.web.i2l_panel import i2l_panel
 from engine.lora.presets import list_presets
 
 CUSTOM_SIZE = "custom"
@@ -94,6 +95,7 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
                     page.add("vae", gr.Textbox(label="VAE (file or folder; empty: the model type's)",
                                                info="a Flux-compatible 16-channel VAE"))
                 memory_panel(app, page)
+                i2l_panel(app, page)
                 restore = page.add("restore", gr.File(label="Drop a PNG made by this app to restore its settings",
                                                       file_types=[".png"]))
             with gr.Column(scale=1):
@@ -160,7 +162,7 @@ def lora_panel(app: AppUI, page: Page, fields) -> None:
             save = gr.Button("Save preset", size="sm")
     model, loras = page["model_type"], page["loras"]
     refresh.click(**page.wire(app.on_refresh_loras, ["lora_pick", "preset_pick"]), inputs=model, **PRIVATE)
-    add.click(**page.wire(app.on_add_lora, ["loras"]), inputs=[page["lora_pick"], loras], **PRIVATE)
+    add.click(**page.wire(app.on_add_lora, ["loras"]), inputs=[page["lora_pick"], loras, model], **PRIVATE)
     load.click(**page.wire(app.on_load_preset, ["loras", "prompt"]), inputs=[model, page["preset_pick"], page["prompt"]],
                **PRIVATE)
     save.click(**page.wire(app.on_save_preset, ["preset_pick"]), inputs=[model, name, loras, snippet], **PRIVATE)
@@ -185,8 +187,8 @@ def make_component(spec, settings, caps, bounds):
     common = dict(label=spec.label, visible=visible, info=spec.info or None, elem_id=f"field-{spec.name}")
     if spec.kind == "loras":
         common.pop("info")  # a table has no info line
-        return gr.Dataframe(value=value, headers=LORA_COLUMNS, datatype=["str", "number", "str"], type="array",
-                            column_count=(3, "fixed"), interactive=True, **common)
+        return gr.Dataframe(value=value, headers=LORA_COLUMNS, datatype=LORA_TYPES, type="array",
+                            column_count=(len(LORA_COLUMNS), "fixed"), interactive=True, **common)
     if spec.kind == "image":
         common.pop("info")
         return gr.Image(value=value, type="filepath", sources=["upload", "clipboard"], height=220, **common)

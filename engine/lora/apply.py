@@ -9,6 +9,7 @@ and quantized layers do not survive, and it has no fused-qkv, LoKr and LoHa in o
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,8 @@ class LoraStack:
         self.max_idle = max_idle
         self._cache: OrderedDict = OrderedDict()
         self._hooks: list = []
+        self.positive_only: set[str] = set()  # LoRAs acting on CFG's positive branch only
+        self.cfg_rows: dict[int, int] | None = None  # during a batched CFG pass: see cfg_batch()
 
     def cached(self, key, load):
         """The LoadedLora for `key` (a file's identity), loading it once; idle ones are evicted first."""
@@ -82,7 +85,7 @@ class LoraStack:
     def clear(self) -> None:
         for h in self._hooks:
             h.remove()
-        self._hooks, self.active, self.strengths = [], [], {}
+        self._hooks, self.active, self.strengths, self.positive_only = [], [], {}, set()
 
     def _hook(self, entries):
         stack = self
@@ -95,10 +98,42 @@ class LoraStack:
                     continue  # strength 0 is exactly no LoRA
                 if adapter.device != x.device:  # the layer was moved (offloading): follow it once
                     adapter.to(x.device)
-                output = adapter.add(output, x if x.dtype == adapter.dtype else x.to(adapter.dtype), s)
+                xa = x if x.dtype == adapter.dtype else x.to(adapter.dtype)
+                if stack.cfg_rows is not None and name in stack.positive_only:
+                    output = _add_to_rows(adapter, output, xa, s, stack.cfg_rows.get(x.shape[0]))
+                else:
+                    output = adapter.add(output, xa, s)
             return output
 
         return add_deltas
+
+
+def _add_to_rows(adapter, output, x, strength: float, rows: int | None):
+    """The adapter's contribution on the first `rows` rows only (the positive branch): the other rows keep the
+    layer's own output bit for bit. `rows` None (an input whose leading size does not tell the branches apart)
+    leaves the whole output untouched, so the negative branch never sees the LoRA."""
+    if not rows:
+        return output
+    head = output[:rows]
+    added = adapter.add(head, x[:rows], strength)
+    if added is head:  # added in place into the output's own rows
+        return output
+    return torch.cat([added, output[rows:]])
+
+
+@contextmanager
+def cfg_batch(stack: LoraStack | None, rows: dict[int, int]):
+    """During one batched CFG pass (positive samples first, then negative ones): `rows` maps the leading size of
+    a layer's input to how many of its rows belong to the positive branch ({2B: B} for [2B, L, dim] blocks;
+    token counts for layers that see every sample's tokens concatenated). Positive-only LoRAs act on those."""
+    if stack is None or not stack.positive_only:
+        yield
+        return
+    stack.cfg_rows = rows
+    try:
+        yield
+    finally:
+        stack.cfg_rows = None
 
 
 def scheduled(model_fn, stack: LoraStack | None, items: list[dict], sigmas: torch.Tensor):
@@ -110,6 +145,8 @@ def scheduled(model_fn, stack: LoraStack | None, items: list[dict], sigmas: torc
     if stack is None or {a.name for a in stack.active} != {it["name"] for it in items}:
         raise RuntimeError("the settings' LoRAs are not the attached ones (apply_loras first)")
     steps = len(sigmas) - 1
+
+    stack.positive_only = {it["name"] for it in items if it.get("positive_only")}
 
     def model_fn_with_loras(x, sigma, *rest):
         i = step_of(sigmas, sigma)

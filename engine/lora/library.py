@@ -103,12 +103,13 @@ class LoraLibrary:
     # ---- PNG record ------------------------------------------------------------------------------
 
     def record(self, items: list[dict]) -> list[dict]:
-        """What a PNG keeps about each LoRA: its name, file name, sha256, strength and schedule."""
+        """What a PNG keeps about each LoRA: its name, file name, sha256, strength, schedule (and positive_only)."""
         out = []
         for item in items:
             f = self.resolve(item["name"])
             out.append({"name": f.name, "file": f.path.name, "sha256": self.sha256(f), "size": f.size,
-                        "strength": item["strength"], "schedule": item.get("schedule")})
+                        "strength": item["strength"], "schedule": item.get("schedule"),
+                        **({"positive_only": True} if item.get("positive_only") else {})})
         return out
 
     def restore(self, items: list[dict], recorded: list[dict]) -> tuple[list[dict], list[str]]:

@@ -311,11 +311,17 @@ class ZImageHandler:
 
     @staticmethod
     def lora_notes(settings: GenerationSettings, arch: str) -> list[str]:
-        """A reminder when several LoRAs are stacked on a distilled model (a known trait of Turbo)."""
+        """A reminder when several LoRAs are stacked on a distilled model (a known trait of Turbo), and when a
+        positive-only LoRA has no CFG pass to split (it then acts on every pass)."""
+        notes = []
         if len([x for x in settings.loras if x["strength"]]) > 1 and not CAPABILITIES[arch].cfg:
-            return ["stacking several LoRAs on a distilled (Turbo) model often degrades images: "
-                    "lower their strengths if it does"]
-        return []
+            notes.append("stacking several LoRAs on a distilled (Turbo) model often degrades images: "
+                         "lower their strengths if it does")
+        positive_only = [x["name"] for x in settings.loras if x.get("positive_only")]
+        if positive_only and not settings.cfg_on:
+            notes.append(f"LoRA {', '.join(positive_only)} is set to CFG's positive branch only, but CFG is off: "
+                         "it acts on every pass (these LoRAs are meant for Z-Image base with CFG)")
+        return notes
 
     @staticmethod
     def apply_loras(model, files) -> list[str]:
@@ -337,6 +343,29 @@ class ZImageHandler:
         from models.z_image.pipeline import generate
 
         return generate(model, settings, callback, upscalers)
+
+    # ---- image to LoRA (Z-Image-i2L: models/z_image/i2l) ----------------------------------------
+
+    @staticmethod
+    def image_to_lora_files(locator: FileLocator, given: dict | None = None) -> list[str]:
+        """One line per image-to-LoRA file: where it is, or its download size."""
+        from models.z_image.i2l.files import status
+
+        return [s.line() for s in status(locator, given)]
+
+    @staticmethod
+    def prepare_image_to_lora(images, name: str, folder, locator: FileLocator, **options):
+        """A checked request (models/z_image/i2l/run.py: pictures, name, files, memory mode)."""
+        from models.z_image.i2l.run import prepare
+
+        return prepare(images, name, folder, locator, **options)
+
+    @staticmethod
+    def image_to_lora(request, locator: FileLocator, device, report=None):
+        """Make the LoRA file (returns models.z_image.i2l.run.I2LResult)."""
+        from models.z_image.i2l.run import make_lora
+
+        return make_lora(request, locator, device, report)
 
     @staticmethod
     def control_map(settings: GenerationSettings, locator: FileLocator, device):

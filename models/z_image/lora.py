@@ -128,3 +128,25 @@ def full_size_linears() -> dict[str, tuple[int, int]]:
     from models.z_image.config import TRANSFORMER_DEFAULTS
 
     return linear_shapes(build_empty(lambda: ZImageTransformer2DModel(**TRANSFORMER_DEFAULTS)))
+
+
+def cfg_rows(model, x: torch.Tensor, cond: list, uncond: torch.Tensor) -> dict[int, int]:
+    """For a batched CFG pass over [x, x] with captions cond + [uncond] * B: the leading size of each kind of
+    Linear input -> how many leading rows are the positive branch's (engine.lora.apply.cfg_batch).
+
+    Blocks see [2B, L, dim] (B rows); the image and caption embedders see all samples' tokens concatenated,
+    each sample's image or caption padded to a multiple of 32 tokens, positives first. A size two kinds share
+    with different splits is left out (such a layer is then not touched by positive-only LoRAs)."""
+    from diffusers.models.transformers.transformer_z_image import SEQ_MULTI_OF
+
+    def padded(n: int) -> int:
+        return n + (-n) % SEQ_MULTI_OF
+
+    batch, patch = x.shape[0], model.transformer.config.all_patch_size[0]
+    image = padded((x.shape[-2] // patch) * (x.shape[-1] // patch))
+    caption = sum(padded(len(c)) for c in cond)
+    splits = [(2 * batch, batch), (2 * batch * image, batch * image), (caption + batch * padded(len(uncond)), caption)]
+    rows: dict[int, int] = {}
+    for size, positive in splits:
+        rows[size] = positive if rows.get(size, positive) == positive else None
+    return {k: v for k, v in rows.items() if v is not None}

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import torch
 
-from engine.lora.apply import scheduled
+from engine.lora.apply import cfg_batch, scheduled
 from engine.placement.memory import MemoryMonitor, log_report
 from engine.sampling.samplers import SAMPLERS
 from engine.sampling.schedules import SCHEDULES, rescale, twinflow_times
@@ -20,6 +20,7 @@ from engine.sampling.windows import StepWindow
 from engine.settings import GenerationSettings
 from models.z_image.config import VAE_SCALE
 from models.z_image.control import add_control, output_size
+from models.z_image.lora import cfg_rows
 
 
 @dataclass
@@ -119,7 +120,8 @@ def make_model_fn(model: ZImageModel, settings: GenerationSettings, captions, un
         cond = captions(sigma)
         if uncond is None or not settings.cfg_on or (1 - float(sigma)) > settings.cfg_truncation:
             return flow(model, x, sigma, cond)
-        both = flow(model, torch.cat([x, x]), sigma, cond + [uncond] * batch)
+        with cfg_batch(model.loras, cfg_rows(model, x, cond, uncond)):  # positive-only LoRAs: first half only
+            both = flow(model, torch.cat([x, x]), sigma, cond + [uncond] * batch)
         pos, neg = both[:batch], both[batch:]
         return normalize_guided(pos, pos + w * (pos - neg), settings.cfg_normalization)
 
