@@ -22,7 +22,7 @@ def panel(engine, tmp_path, monkeypatch):
     tiny.write_files(tmp_path / "ckpts", "diffsynth")
     monkeypatch.setattr(engine, "locator", FileLocator(tmp_path / "ckpts", offline=True))
     monkeypatch.setitem(engine.lora_dirs, "z_image", tmp_path / "loras")
-    app = AppUI(engine, tmp_path / "out", tmp_path / "mem.json")
+    app = AppUI(engine, tmp_path / "out")
     pictures = [str(write_picture(tmp_path / f"{i}.png", seed=i)) for i in range(2)]
     yield app, ImageToLoraUI(app), pictures
     engine.apply_loras(engine.settings_for(MODEL, prompt="x"))

@@ -39,7 +39,7 @@ def run_page(app, values):
 
 
 def test_painted_mask_inpaints_and_keeps_the_rest(engine, tmp_path, photo):
-    app = AppUI(engine, tmp_path / "out", tmp_path / "mem.json")
+    app = AppUI(engine, tmp_path / "out")
     values = values_for(app, "z_image_tiny_test", prompt="a window", seed=2, num_inference_steps=2,
                         init_image=str(photo), strength=1.0, mask_blur=0)
     values["mask_paint"] = editor_value(photo, (0, 0, 128, 256))
@@ -56,7 +56,7 @@ def test_painted_mask_inpaints_and_keeps_the_rest(engine, tmp_path, photo):
 
 
 def test_result_actions_and_restore(engine, tmp_path, photo):
-    app = AppUI(engine, tmp_path / "out", tmp_path / "mem.json")
+    app = AppUI(engine, tmp_path / "out")
     values = values_for(app, "z_image_tiny_test", prompt="a cat", seed=1, num_inference_steps=2,
                         init_image=str(photo), strength=0.5)
     out = run_page(app, values)
@@ -79,10 +79,16 @@ def test_result_actions_and_restore(engine, tmp_path, photo):
 
 def test_api_takes_image_fields(server, photo):
     _, url, out = server
-    paths = client(url).predict(prompt="a lighthouse", model_type="z_image_tiny_test",
-                                settings=json.dumps({"seed": 3, "num_inference_steps": 2, "init_image": str(photo),
-                                                     "strength": 0.5, "outpaint": "0,0,16,0"}),
-                                api_name="/txt2img")
+    from gradio_client import handle_file
+
+    c = client(url)
+    with pytest.raises(Exception, match="a picture is taken as an upload"):  # a server path is refused
+        c.predict(prompt="x", model_type="z_image_tiny_test", settings=json.dumps({"init_image": str(photo)}),
+                  api_name="/txt2img")
+    paths = c.predict(prompt="a lighthouse", model_type="z_image_tiny_test",
+                      settings=json.dumps({"seed": 3, "num_inference_steps": 2, "strength": 0.5,
+                                           "outpaint": "0,0,16,0"}),
+                      init_image=handle_file(str(photo)), api_name="/txt2img")
     settings, record = read_png_settings(paths[0])
     assert Image.open(paths[0]).size == (256, 272) and settings.strength == 0.5
     assert settings.inputs["init_image"]["name"] == "photo.png" and record["passes"][0]["steps"] == 1

@@ -60,7 +60,7 @@ def user_of(request) -> str | None:
 class AppUI:
     """State and event handlers; `app.web.page.build_ui` lays out the page."""
 
-    def __init__(self, engine, output_dir="outputs", lock_model=None, exposed_without_auth=False):
+    def __init__(self, engine, output_dir="outputs", *, lock_model=None, exposed_without_auth=False):
         self.engine = engine
         self.jobs = engine.jobs
         self.output_dir = Path(output_dir)

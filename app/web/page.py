@@ -51,7 +51,7 @@ class Page:
 
 
 def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="outputs"):
-    app = AppUI(engine, output_dir, lock_model, exposed_without_auth)
+    app = AppUI(engine, output_dir, lock_model=lock_model, exposed_without_auth=exposed_without_auth)
     settings = app.settings_for_type(app.first)
     caps = app.caps(app.first)
     page = Page()
