@@ -28,3 +28,7 @@ class DownloadError(UserError):
 
 class Interrupted(Exception):
     """The user pressed Stop; raised from a progress callback between steps."""
+
+
+class GenerationError(UserError):
+    """A generation went numerically wrong (NaN/inf, an all-black decode); the message names the likely cause."""

@@ -30,6 +30,8 @@ class TensorFileInfo:
     metadata: dict[str, str] = field(default_factory=dict)
     sources: dict[str, Path] = field(default_factory=dict)  # tensor name -> file holding it
     offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (byte offset in its file, bytes)
+    format: str = "safetensors"  # or "gguf" (engine.weights.gguf_io)
+    handle: object = field(default=None, repr=False, compare=False)  # a GGUF file's open reader
 
     @property
     def name(self) -> str:
@@ -100,6 +102,8 @@ def _check_entries(path: Path, header: dict) -> tuple[dict, dict, int]:
 def read_headers(paths: list[Path]) -> TensorFileInfo:
     """One combined view over the shards of a model (a diffusers folder)."""
     infos = [read_header(p) for p in paths]
+    if len(infos) == 1:
+        return infos[0]
     merged = TensorFileInfo([p for i in infos for p in i.paths], {}, {})
     for info in infos:
         merged.tensors.update(info.tensors)
@@ -122,7 +126,11 @@ def open_weights(path) -> TensorFileInfo:
 
 @lru_cache(maxsize=32)
 def _open_weights(path: Path, _mtime: int, _size: int) -> TensorFileInfo:
-    return read_headers(weight_files_in(path)) if path.is_dir() else read_header(path)
+    if path.is_dir():
+        return read_headers(weight_files_in(path))
+    from engine.weights import gguf_io
+
+    return gguf_io.read_gguf_header(path) if gguf_io.is_gguf(path) else read_header(path)
 
 
 def weight_files_in(folder: Path) -> list[Path]:
@@ -148,6 +156,10 @@ def load_tensors(info: TensorFileInfo, keys: list[str] | None = None, aligned=()
     from safetensors import safe_open
 
     wanted = info.tensors.keys() if keys is None else keys
+    if info.format == "gguf":
+        from engine.weights import gguf_io
+
+        return gguf_io.load_gguf_tensors(info, list(wanted))
     aligned = set(aligned)
     by_file: dict[Path, list[str]] = {}
     for key in wanted:

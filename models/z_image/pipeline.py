@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine import numerics
 from engine.lora.apply import scheduled
 from engine.placement.memory import MemoryMonitor, log_report
 from engine.sampling.samplers import SAMPLERS
@@ -141,6 +142,7 @@ def decode(model: ZImageModel, latents: torch.Tensor) -> list:
     cfg = model.vae.config
     z = latents.to(model.device, model.vae.dtype) / cfg.scaling_factor + cfg.shift_factor
     pixels = model.vae.decode(z, return_dict=False)[0]
+    numerics.check_pixels(pixels, model.dtype)  # NaN pixels would become a black PNG
     arr = (pixels / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
     return [Image.fromarray((a * 255).round().astype("uint8")) for a in arr]
 
@@ -187,6 +189,9 @@ def generate(model: ZImageModel, settings: GenerationSettings, callback=None) ->
     prompts = [settings.prompt] + ([settings.negative_prompt] if with_negative else [])
     with memory.stage("text encoding"):
         feats = model.encoder.encode(prompts, settings.text_hidden_layer)
+    if not all(numerics.finite(f) for f in feats):
+        raise numerics.GenerationError("the text encoder returned NaN/inf values: nothing was generated. Likely: "
+                                       + numerics.advice(model.dtype, what="the text encoder"))
     negative = feats[1] if with_negative else None
     schedule = schedule_for(settings, model.device)
     nag = make_nag(model, settings, negative)
@@ -196,11 +201,13 @@ def generate(model: ZImageModel, settings: GenerationSettings, callback=None) ->
         seed = settings.seed + run
         captions = varied_captions(feats[0], settings, seed, schedule)
         model_fn = compose_model_fn(model, settings, captions, negative, schedule, nag)
+        model_fn = numerics.guard_model_fn(model_fn, model.dtype, bool(settings.loras), settings.num_inference_steps)
         generator = torch.Generator("cpu").manual_seed(seed)
         x = initial_noise(settings, generator, model.transformer.config.in_channels).to(model.device)
         step_cb = (lambda i, n, lat, r=run: callback(r, i, n, lat)) if callback else None
         with memory.stage("denoising"):
             latents = sampler(model_fn, x, schedule, callback=step_cb, generator=generator)
+        numerics.check_latents(latents, model.dtype, bool(settings.loras))
         with memory.stage("decoding"):
             images = decode(model, latents)
         run_settings = dataclasses.replace(settings, seed=seed, count=1)
