@@ -37,7 +37,7 @@ def cmd_models(args) -> int:
             for status in handler.file_status(model_def, engine.locator, engine.options):
                 where = f"present  {status.path}" if status.path else \
                     f"missing  will download {status.source} ({human_size(status.size)})"
-                print(f"    {status.component:<13} {where}" + (f"  [{status.kind}]" if status.kind else ""))
+                print(f"    {status.component:<13} {where}" + (f"  [{status.detail}]" if status.detail else ""))
             choices = handler.quantization_choices(model_def, engine.locator)
             if any(len(kinds) > 1 for kinds in choices.values()):
                 print("    alternatives: " + ", ".join(f"{c} {'/'.join(k)}" for c, k in choices.items()))

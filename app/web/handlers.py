@@ -100,7 +100,7 @@ class AppUI:
         try:
             for s in handler.file_status(model_def, self.engine.locator):
                 where = f"present (`{s.path}`)" if s.path else f"to download ({human_size(s.size)})"
-                lines.append(f"- {s.component}: {where}")
+                lines.append(f"- {s.component}: {where}" + (f" [{s.detail}]" if s.detail else ""))
         except UserError as exc:
             lines.append(f"- problem: {exc}")
         return "\n".join(lines)
