@@ -75,9 +75,12 @@ def plan(path, entries: dict, metadata: dict, read_small) -> FP8Plan:
             if fmt not in FLOAT8_FORMATS:
                 raise ModelFileError(path, f"layer {module} is quantized as {fmt!r}: only the float8 formats of "
                                            "ComfyUI's mixed files are read here (use the bf16 or fp8 file)")
+            if dtype not in (*FP8_DTYPES, "U8"):
+                raise ModelFileError(path, f"damaged fp8 file: layer {module} is listed as {fmt} but its weight "
+                                           f"is {dtype}")
             layer = FP8Layer(fmt, _scale(entries, module, "weight_scale"), _scale(entries, module, "input_scale"),
                              bool(conf.get("full_precision_matrix_mult")))
-        elif marker is not None and f"{module}.scale_weight" in entries:
+        elif marker is not None and f"{module}.scale_weight" in entries and dtype in (*FP8_DTYPES, "U8"):
             layer = FP8Layer(legacy_format, f"{module}.scale_weight", _scale(entries, module, "scale_input"), full)
         elif dtype in FP8_DTYPES:
             layer = FP8Layer(FP8_DTYPES[dtype], _scale(entries, module, "weight_scale"),
