@@ -33,6 +33,8 @@ def cmd_models(args) -> int:
         caps = handler.capabilities(model_def.architecture)
         state = "" if caps.available else "  [generation not available in this version]"
         print(f"{name}: {model_def.name} ({model_def.architecture}){state}")
+        for note in model_def.ignored:
+            print(f"    note: {note}")
         try:
             for status in handler.file_status(model_def, engine.locator, engine.options):
                 where = f"present  {status.path}" if status.path else \

@@ -51,7 +51,9 @@ def svdq_variant(info) -> str:
 def gpu_problem(precision: str, capability: tuple[int, int] | None) -> str | None:
     """Why a GPU of `capability` (None: no CUDA GPU) cannot run an SVDQ file of `precision`, or None."""
     if capability is None:
-        return "an NVIDIA GPU (CUDA); none is in use"
+        which = ("an RTX 50xx (Blackwell)" if precision == "fp4"
+                 else "a Turing, Ampere or Ada (RTX 20xx-40xx)")
+        return f"an NVIDIA GPU, {which} for {precision} files; none is in use"
     allowed = FP4_CAPABILITIES if precision == "fp4" else INT4_CAPABILITIES
     if tuple(capability) in allowed:
         return None

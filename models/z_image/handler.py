@@ -84,6 +84,13 @@ class ZImageHandler:
         return dict(DEFAULTS[arch], width=1024, height=1024, sampler=CAPABILITIES[arch].samplers[0])
 
     @staticmethod
+    def adopt_wan2gp(model: dict, settings: dict, where: str) -> tuple[dict, dict, list[str]]:
+        """A model JSON in Wan2GP's Z-Image conventions, in this app's terms (models/z_image/wan2gp.py)."""
+        from models.z_image.wan2gp import adopt
+
+        return adopt(model, settings, where)
+
+    @staticmethod
     def lora_dir(args=None) -> Path:
         return Path(getattr(args, "lora_dir_z_image", None) or "loras/z_image")
 
@@ -224,7 +231,7 @@ class ZImageHandler:
         from models.z_image.pipeline import ZImageModel
         from models.z_image.text import PromptEncoder
 
-        options = options or LoadOptions()
+        options = _attention_for_gpu(model_def, options or LoadOptions(), device)
         if not CAPABILITIES[model_def.architecture].available:
             raise UserError(f"{model_def.type}: generation for the {model_def.architecture} architecture is not "
                             "available in this version yet (its files and settings are defined)")
@@ -360,6 +367,22 @@ class ZImageHandler:
         from models.z_image.control import output_size, pictures
 
         return pictures(output_size(settings), locator, device).control_map
+
+
+def _attention_for_gpu(model_def, options: LoadOptions, device) -> LoadOptions:
+    """A model JSON's `attention` map (Wan2GP's {"<89": "sdpa"}: the kernel for GPUs of that generation) decides
+    the attention kernel on a matching CUDA GPU."""
+    from engine.load_options import ATTENTION_CHOICES
+    from engine.wan2gp import attention_for
+
+    if getattr(device, "type", None) != "cuda" or not model_def.model.get("attention"):
+        return options
+    import torch
+
+    kernel = attention_for(model_def.model["attention"], tuple(torch.cuda.get_device_capability(device)))
+    kernel = {"sage2": "sage", "sage3": "sage", "flash2": "flash"}.get(kernel, kernel)
+    return options.replace(attention=kernel) if kernel in ATTENTION_CHOICES and kernel != options.attention \
+        else options
 
 
 def _validate_control(settings: GenerationSettings, arch: str, caps: Capabilities) -> None:
