@@ -9,7 +9,6 @@ coarse subnormal range, so it has the least margin), mixed text encoder >= 35 dB
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file

@@ -14,7 +14,6 @@ import torch
 
 from engine.engine import Engine
 from engine.errors import ModelFileError
-from engine.load_options import LoadOptions
 from engine.registry import ROOT, Registry
 from engine.weights import gguf_layers
 from engine.weights.files import FileLocator

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import save_file
 
 from engine.engine import Engine
@@ -173,3 +172,13 @@ def test_wan2gp_setting_names_and_solvers_are_read(tmp_path):
                                        "video_length"]
     assert reg.default_settings("mine_control").control_weight == 0.6
     assert reg.get("mine_control").model["modules"] == reg.get("z_image_control").model["modules"]
+
+
+def test_attention_map_per_gpu_generation():
+    """Wan2GP's `attention` map: generation = compute capability x 10; '+' or, '&' and."""
+    from engine.wan2gp import attention_for
+
+    rule = {"<89": "sdpa", ">=120": "sage", "80&<89": "flash"}
+    assert attention_for(rule, (8, 6)) == "sdpa" and attention_for(rule, (8, 9)) is None
+    assert attention_for(rule, (12, 0)) == "sage" and attention_for(rule, None) is None
+    assert attention_for({"75+86": "flash"}, (8, 6)) == "flash" and attention_for({"75+86": "flash"}, (8, 0)) is None

@@ -15,6 +15,7 @@ KINDS = ("bf16", "int8", "fp8", "gguf", "nunchaku")
 _NAME_MARKERS = (("gguf", (".gguf",)), ("nunchaku", ("svdq", "nunchaku")), ("int8", ("int8", "quanto")),
                  ("fp8", ("fp8", "float8", "e4m3", "e5m2")))
 NUNCHAKU_KEYS = (".qweight", ".wscales")
+QUANTO_DATA = ".weight._data"  # engine.weights.quantization.DATA (not imported: it asks this module for kinds)
 
 
 def kind_from_name(name: str) -> str:
@@ -28,14 +29,13 @@ def kind_from_name(name: str) -> str:
 def kind_of_info(info) -> str:
     """The kind of a file from its parsed header (engine.weights.safetensors_io.TensorFileInfo)."""
     from engine.weights import fp8
-    from engine.weights.quantization import quantized_modules
 
     if info.format == "gguf":
         return "gguf"
     keys = info.tensors
     if any(k.endswith(NUNCHAKU_KEYS) for k in keys):
         return "nunchaku"
-    if quantized_modules(keys):
+    if any(k.endswith(QUANTO_DATA) for k in keys):
         return "int8"
     if fp8.is_fp8_file(keys, info.metadata):
         return "fp8"

@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from engine.errors import ModelFileError
-
-if TYPE_CHECKING:
-    import torch
 
 FP8_DTYPES = {"F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 FLOAT8_FORMATS = ("float8_e4m3fn", "float8_e5m2")

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 from engine.errors import ModelFileError
+from engine.weights.file_info import TensorFileInfo
 
 MAGIC = b"GGUF"
 FLOAT_TYPES = ("F32", "F16", "BF16")
@@ -54,11 +55,9 @@ def supported_types() -> set[str]:
     return set(FLOAT_TYPES) | {t.name for t in SUPPORTED_GGUF_QUANT_TYPES}
 
 
-def read_gguf_header(path) -> "TensorFileInfo":  # noqa: F821
+def read_gguf_header(path) -> TensorFileInfo:
     """Names, logical shapes ([out, in] like torch) and GGML types of a GGUF file's tensors, plus its scalar
     metadata (general.architecture, qwen3.block_count, ...) as text. Raises ModelFileError naming what is wrong."""
-    from engine.weights.safetensors_io import TensorFileInfo
-
     path = Path(path)
     size = path.stat().st_size
     reader = _reader(path)

@@ -9,39 +9,16 @@ from __future__ import annotations
 import json
 import os
 import struct
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from engine.errors import ModelFileError
+from engine.weights.file_info import TensorFileInfo
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 _MAX_HEADER = 100 * 2**20
 _DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E8M0": 1, "F4": 1}
-
-
-@dataclass
-class TensorFileInfo:
-    """What a safetensors header says: tensor names to (dtype, shape), and the string metadata."""
-
-    paths: list[Path]
-    tensors: dict[str, tuple[str, tuple[int, ...]]]
-    metadata: dict[str, str] = field(default_factory=dict)
-    sources: dict[str, Path] = field(default_factory=dict)  # tensor name -> file holding it
-    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (byte offset in its file, bytes)
-    format: str = "safetensors"  # or "gguf" (engine.weights.gguf_io)
-    handle: object = field(default=None, repr=False, compare=False)  # a GGUF file's open reader
-
-    @property
-    def name(self) -> str:
-        return str(self.paths[0]) if len(self.paths) == 1 else f"{self.paths[0].parent} ({len(self.paths)} files)"
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return self.tensors[key][1]
-
-    def nbytes(self) -> int:
-        return sum(p.stat().st_size for p in self.paths)
 
 
 def refuse_pickle(path: Path) -> None:
