@@ -213,7 +213,7 @@ def _gguf_quantize(data, qtype):
 _LUMINA2_KEEP = ("t_embedder.", "x_embedder.", "final_layer.", "cap_embedder.", "context_refiner.", "noise_refiner.")
 
 
-def _comfy_gguf_type(name: str, data, ftype: str):
+def _comfy_gguf_type(name: str, data, ftype: str, keep=_LUMINA2_KEEP):
     """The GGML type ComfyUI-GGUF's convert.py + patched llama-quantize give a Z-Image ("lumina2") tensor:
     1-D and tiny tensors F32, the embedders/refiners/final layer BF16, the main layers the chosen type, with the
     patch's bumps (Q4_0: feed_forward.w2 -> Q4_1; Q4_K_M: qkv -> Q5_K, w2 -> Q6_K), and F16 where a K-quant
@@ -223,7 +223,7 @@ def _comfy_gguf_type(name: str, data, ftype: str):
     T = gguf.GGMLQuantizationType
     if data.ndim == 1 or data.size <= 1024:
         return T.F32
-    if any(k in name for k in _LUMINA2_KEEP) or data.ndim != 2:
+    if any(k in name for k in keep) or data.ndim != 2:
         return T.BF16
     qtype = {"Q8_0": T.Q8_0, "Q4_0": T.Q4_0, "Q4_K_M": T.Q4_K}[ftype]
     if ftype == "Q4_0" and name.endswith(".feed_forward.w2.weight"):
@@ -233,9 +233,10 @@ def _comfy_gguf_type(name: str, data, ftype: str):
     return qtype
 
 
-def write_comfyui_gguf(path: Path, transformer, ftype: str = "Q8_0", prefix: str = "") -> Path:
+def write_comfyui_gguf(path: Path, transformer, ftype: str = "Q8_0", prefix: str = "", keep=_LUMINA2_KEEP) -> Path:
     """A Z-Image transformer GGUF as ComfyUI-GGUF's tools write one (convert.py: arch "lumina2", original names
-    with fused qkv, bf16 data; then llama-quantize): through gguf.GGUFWriter."""
+    with fused qkv, bf16 data; then llama-quantize): through gguf.GGUFWriter. `keep=()` quantizes every 2-D
+    weight, refiners and embedders too, as leejet's stable-diffusion.cpp files do (their Q4_0 is 0.30x bf16)."""
     import gguf
 
     sd = to_original_keys(state_dict_for_file(transformer), prefix)
@@ -245,7 +246,7 @@ def write_comfyui_gguf(path: Path, transformer, ftype: str = "Q8_0", prefix: str
                           "Q4_K_M": gguf.LlamaFileType.MOSTLY_Q4_K_M}[ftype])
     for name, t in sd.items():
         data = t.to(torch.bfloat16).float().numpy()  # convert.py: bf16 weights through float32
-        qtype = _comfy_gguf_type(name, data, ftype)
+        qtype = _comfy_gguf_type(name, data, ftype, keep)
         try:
             blocks = _gguf_quantize(data, qtype) if qtype != gguf.GGMLQuantizationType.F16 else None
         except gguf.QuantError:  # a row length the type's blocks do not divide: F16, as convert.py falls back
