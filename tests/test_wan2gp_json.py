@@ -89,7 +89,12 @@ def wan2gp(tmp_path_factory):
     layouts.write_wan2gp(ck / "ZImageBase_bf16.safetensors", tiny.make_transformer(seed=4, **shape))
     layouts.write_wan2gp(ck / "TwinFlow-Z-Image-Turbo_bf16.safetensors", tiny.make_transformer(twinflow=True, **shape))
     for file, version in CONTROL_FILES.items():
-        save_file(state_dict_for_file(tiny.make_control(turbo, version, 2)), str(ck / file))
+        control = tiny.make_control(turbo, version, 2)
+        save_file(state_dict_for_file(control), str(ck / file))
+        if version == "2.0":  # Wan2GP's INT8 control module (quanto layers in the control blocks)
+            layouts.write_wan2gp_int8(ck / file.replace("_bf16", "_quanto_bf16_int8"), control,
+                                      stacks=("control_layers.", "control_noise_refiner."))
+    layouts.write_wan2gp_int8(ck / "ZImageTurbo_quanto_bf16_int8.safetensors", turbo)
     save_file({k: v.bfloat16() for k, v in state_dict_for_file(tiny.make_text_encoder()).items()},
               str(ck / "Qwen3" / "qwen3_bf16.safetensors"))
     tiny.make_tokenizer().save_pretrained(str(ck / "Qwen3"))
@@ -147,6 +152,20 @@ def test_every_type_generates(engine, name):
         assert engine.model.control is not None and engine.model.files["control"].endswith("_bf16.safetensors")
     if name == "z_image_control2_1":
         assert engine.registry.default_settings(name).width == 1920  # Wan2GP's "resolution" is read
+
+
+def test_int8_files_generate_with_an_int8_control_module(wan2gp):
+    from engine.load_options import LoadOptions
+    from engine.weights import quantization as Q
+
+    registry = Registry(families(), (ROOT / "defaults", wan2gp / "defaults"))
+    engine = Engine(registry, FileLocator(wan2gp / "ckpts", offline=True),
+                    options=LoadOptions(transformer_quantization="int8"))
+    settings = engine.settings_for("z_image_control2", prompt="a test", seed=1, width=256, height=256,
+                                   num_inference_steps=2)
+    assert np.asarray(engine.generate(settings)[0].image).std() > 0
+    assert engine.model.files["control"].endswith("Union2_quanto_bf16_int8.safetensors")
+    assert Q.int8_modules_of(engine.model.control.net) and engine.model.load_info["transformer"] == "int8"
 
 
 @pytest.mark.parametrize("name,words", [("z_image_nunchaku_r256_int4", "SVDQ int4 \\(rank 256\\).*nunchaku package"),
