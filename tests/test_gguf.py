@@ -181,3 +181,23 @@ def test_damaged_gguf_files_are_named(files, tmp_path):
         loader.load_transformer(files["te"], {}, torch.float32)  # a Qwen3 GGUF offered as the transformer
     with pytest.raises(ModelFileError, match="Qwen3 text encoder"):
         loader.load_text_encoder(files["Q8_0"], torch.float32)
+
+
+def test_loras_apply_to_gguf_layers(files, tmp_path, monkeypatch):
+    """A LoRA on a quantized transformer (the usual GGUF user's setup) changes the image; strength 0 does not."""
+    from engine.settings import lora_item
+    from models.z_image.lora import linear_shapes
+    from tests.lora_files import write_style
+
+    engine = engine_for(files, "gguf_lora", URLs=files["Q4_0"])
+    folder = tmp_path / "loras"
+    monkeypatch.setitem(engine.lora_dirs, "z_image", folder)
+    write_style(folder / "style.safetensors", linear_shapes(engine.load("gguf_lora").transformer), "kohya", seed=1)
+    plain = image(engine, "gguf_lora")
+    s = engine.settings_for("gguf_lora", prompt="a lighthouse at dusk", seed=3, width=256, height=256,
+                            num_inference_steps=4)
+    with_lora = np.asarray(engine.generate(s.__class__(**{**s.to_dict(), "loras": [lora_item("style.safetensors")]}))
+                           [0].image)
+    zero = np.asarray(engine.generate(s.__class__(**{**s.to_dict(), "loras": [lora_item("style.safetensors", 0.0)]}))
+                      [0].image)
+    assert psnr(plain, with_lora) < 40 and np.array_equal(plain, zero)
