@@ -92,7 +92,10 @@ def write_formats(folder: Path, transformer, tag: str = "") -> dict[str, Path]:
     """The transformer in every format but INT8 (made by the app's quantizer)."""
     from tests import layouts
 
-    sd_model = transformer.to(torch.bfloat16).float()
+    with torch.no_grad():  # the same bf16-rounded weights as the bf16 file
+        for p in transformer.parameters():
+            p.copy_(p.bfloat16().float())
+    sd_model = transformer
     return {
         "fp8": layouts.write_comfyui_scaled_fp8(folder / f"transformer{tag}_fp8_scaled.safetensors", sd_model),
         "gguf_q8_0": layouts.write_comfyui_gguf(folder / f"transformer{tag}-Q8_0.gguf", sd_model, "Q8_0",

@@ -166,6 +166,12 @@ def test_found_in_comfyui_folders_and_listed(files, tmp_path, capsys):
     assert f"present  {comfy / 'unet' / 'z_image_turbo-Q4_0.gguf'}  [gguf Q4_0]" in block
     assert f"present  {comfy / 'text_encoders' / 'Qwen3-4B-Q8_0.gguf'}  [gguf Q8_0]" in block
 
+    from app.web.handlers import AppUI  # the page's model description shows the same
+
+    engine = Engine(Registry(families()), FileLocator(tmp_path / "ck", comfy, offline=True))
+    about = AppUI(engine, output_dir=tmp_path / "out", memory_path=tmp_path / "ui.json").describe("z_image")
+    assert "z_image_turbo-Q4_0.gguf`) [gguf Q4_0]" in about and "Qwen3-4B-Q8_0.gguf`) [gguf Q8_0]" in about
+
 
 def test_damaged_gguf_files_are_named(files, tmp_path):
     data = files["Q8_0"].read_bytes()
