@@ -1,6 +1,6 @@
-"""Weight-format benchmark on a small random model with Z-Image's proportions (30 layers, 2 + 2 refiners):
-bf16, INT8 (the app's quanto files, Wan2GP's layout), fp8 (ComfyUI's scaled fp8), GGUF Q8_0 and Q4_0 (every 2-D
-weight quantized, as leejet's stable-diffusion.cpp files are), each against the bf16 file of the same weights.
+"""Weight-format benchmark on a small random model (Z-Image's blocks, 768 wide, 6 layers + 1 + 1 refiners): bf16,
+INT8 (the app's quanto files, Wan2GP's layout), fp8 (ComfyUI's scaled fp8), GGUF Q8_0 and Q4_0 (every 2-D weight
+quantized, as leejet's stable-diffusion.cpp files are), each against the bf16 file of the same weights.
 
 Prints a table and one JSON line. Ratios are the figures to compare:
   resident size of the transformer loaded for bf16 compute vs bf16 (targets: Q8_0 <= 0.55x, Q4_0 <= 0.32x),
@@ -30,7 +30,9 @@ import torch  # noqa: E402
 from benchmarks.bench_core import SMALL, small_parts, timed  # noqa: E402
 
 TYPE = "bench_int8"  # the bf16 + INT8 type `build` makes (benchmarks/bench_gpu.py's reduced CPU check)
-SHAPE = dict(dim=192, n_layers=30, heads=3, cap_dim=128, refiner_layers=2)  # FFN 512: GGUF blocks divide it
+# wide and shallow: per-tensor overheads (Python objects, headers) small next to the weights, as in the real model
+# (21 MB per tensor on average); FFN 2048 wide, so GGUF blocks divide every row
+SHAPE = dict(dim=768, n_layers=6, heads=6, cap_dim=128, refiner_layers=1)
 FORMATS = ("bf16", "int8", "fp8", "gguf_q8_0", "gguf_q4_0")
 TARGETS = {"gguf_q8_0": 0.55, "gguf_q4_0": 0.32, "int8": 0.55}
 

@@ -148,3 +148,20 @@ def test_unsupported_and_damaged_fp8_files_named(tmp_path, tiny_models):
     save_file(sd, str(tmp_path / "meta.safetensors"), metadata=meta)
     with pytest.raises(ModelFileError, match="_quantization_metadata"):
         loader.load_transformer(tmp_path / "meta.safetensors", {}, torch.float32)
+
+
+def test_fp8_files_in_comfyui_folders_listed_by_models(files, tmp_path, capsys):
+    import shutil
+
+    from app.cli import main
+
+    comfy = tmp_path / "models"
+    (comfy / "diffusion_models").mkdir(parents=True)
+    (comfy / "text_encoders").mkdir()
+    shutil.copy(files["scaled"], comfy / "diffusion_models" / "z_image_turbo_fp8_scaled_e4m3fn_KJ.safetensors")
+    shutil.copy(files["te"], comfy / "text_encoders" / "qwen_3_4b_fp8_mixed.safetensors")
+    assert main(["models", "--comfyui-models", str(comfy), "--checkpoints", str(tmp_path / "ck"),
+                 "--transformer-quantization", "fp8", "--text-encoder-quantization", "fp8"]) == 0
+    block = capsys.readouterr().out.split("z_image:")[1].split("\nz_image_")[0]
+    assert "z_image_turbo_fp8_scaled_e4m3fn_KJ.safetensors  [fp8 scaled e4m3fn]" in block
+    assert "qwen_3_4b_fp8_mixed.safetensors  [fp8 mixed]" in block

@@ -130,7 +130,7 @@ class ZImageHandler:
 
     def file_status(self, model_def, locator: FileLocator, options: LoadOptions | None = None) \
             -> list[ComponentStatus]:
-        """Each component: where it is on disk, or what would be downloaded (INT8 or bf16 as `options` ask)."""
+        """Each component: where it is on disk, or what would be downloaded (the file kind `options` ask)."""
         options = options or LoadOptions()
         found: dict[str, ComponentStatus] = {}
         for comp, field_name in COMPONENT_FIELDS.items():
@@ -222,8 +222,8 @@ class ZImageHandler:
     # ---- load and run -------------------------------------------------------------------------
 
     def load(self, model_def, locator: FileLocator, dtype, device, options: LoadOptions | None = None):
-        """Load the files `options` choose (INT8 or bf16), then place them: a memory profile on CUDA, else
-        `.to(device)`."""
+        """Load the files `options` choose (bf16, INT8, fp8, GGUF, Nunchaku), then place them: a memory profile on
+        CUDA, else `.to(device)`. float16 gets the overflow guards (models/z_image/fp16.py)."""
         import torch
 
         from engine.placement import offload
