@@ -215,9 +215,10 @@ _LUMINA2_KEEP = ("t_embedder.", "x_embedder.", "final_layer.", "cap_embedder.", 
 
 def _comfy_gguf_type(name: str, data, ftype: str, keep=_LUMINA2_KEEP):
     """The GGML type ComfyUI-GGUF's convert.py + patched llama-quantize give a Z-Image ("lumina2") tensor:
-    1-D and tiny tensors F32, the embedders/refiners/final layer BF16, the main layers the chosen type, with the
-    patch's bumps (Q4_0: feed_forward.w2 -> Q4_1; Q4_K_M: qkv -> Q5_K, w2 -> Q6_K), and F16 where a K-quant
-    does not fit the row length."""
+    1-D and tiny tensors F32, the embedders/refiners/final layer BF16, the main layers the chosen type with the
+    patch's Q4_0 bump (feed_forward.w2 -> Q4_1), and F16 where a K-quant does not fit the row length. Its Q4_K_M
+    bumps (qkv -> Q5_K, w2 -> Q6_K) are left out: this writer encodes Q4_K only (the other K types' decoding is
+    checked block by block against gguf's reader in tests/test_gguf.py)."""
     import gguf
 
     T = gguf.GGMLQuantizationType

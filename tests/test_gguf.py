@@ -127,7 +127,7 @@ def test_blocks_dequantize_like_the_gguf_reference(name):
 
 
 def test_q4_k_transformer_loads_and_runs(tmp_path):
-    """A K-quant file (ComfyUI-GGUF's Q4_K_M mix: Q4_K, Q5_K would be qkv; here rows of 256) runs close to bf16."""
+    """A K-quant file (Q4_K blocks of 256 values, so a 256-wide model) loads and runs close to bf16."""
     import gguf
 
     model = tiny.make_transformer(dim=256, heads=2)
