@@ -216,8 +216,8 @@ def run(config: dict) -> dict:
 
 
 def reduced_cpu_setup(folder: Path) -> tuple[Path, str]:
-    """The small random model of bench_int8 with bf16 and INT8 files (no weights needed)."""
-    from benchmarks.bench_int8 import TYPE, build
+    """The small random model of bench_formats with bf16 and INT8 files (no weights needed)."""
+    from benchmarks.bench_formats import TYPE, build
 
     return build(folder), TYPE
 

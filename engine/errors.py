@@ -40,3 +40,7 @@ class Busy(UserError):
 
 class ShuttingDown(UserError):
     """The server is stopping and takes no new jobs."""
+
+
+class GenerationError(UserError):
+    """A generation went numerically wrong (NaN/inf, an all-black decode); the message names the likely cause."""

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from engine.errors import SettingsError
 
-QUANTIZATION_CHOICES = ("auto", "int8", "bf16")  # auto: the first alternative on disk, else the first listed
+# which of a component's files (engine.weights.formats.KINDS); auto: the first alternative on disk, else the first listed
+QUANTIZATION_CHOICES = ("auto", "int8", "bf16", "fp8", "gguf", "nunchaku")
 ATTENTION_CHOICES = ("sdpa", "flash", "sage")
 PROFILE_CHOICES = (0, 1, 2, 3, 4, 5)  # 0: no offloading (everything on the GPU)
 

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine import wan2gp
 from engine.errors import ModelDefinitionError, SettingsError
 from engine.settings import GenerationSettings, parse_resolution
 
+log = logging.getLogger("zimage.registry")
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPONENTS = ("URLs", "modules", "text_encoder_URLs", "vae_URLs", "tokenizer")
-MODEL_FIELDS = {"name", "architecture", "description", "config", "comfyui", "file_sizes", *COMPONENTS}
-IGNORED_WAN2GP_FIELDS = {"visible", "image_outputs", "group"}  # UI hints of Wan2GP's with no meaning here
+MODEL_FIELDS = {"name", "architecture", "description", "config", "comfyui", "file_sizes", "attention", *COMPONENTS}
 
 
 @dataclass
@@ -24,6 +28,7 @@ class ModelDef:
     model: dict
     defaults: dict = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # notes on fields with no meaning here (Wan2GP's), shown once
 
     @property
     def architecture(self) -> str:
@@ -79,6 +84,10 @@ class Registry:
         for model_def in self.types.values():
             for comp in COMPONENTS:
                 self._resolve_reference(model_def, comp, [model_def.type])
+        for model_def in self.types.values():
+            self._check_defaults(model_def)
+            for note in model_def.ignored:
+                log.warning(note)
 
     def _add(self, raw, sources, name, path):
         data = read_model_json(path)
@@ -86,24 +95,24 @@ class Registry:
         sources.setdefault(name, []).append(str(path))
 
     def _build(self, name: str, data: dict, sources: list[str]) -> ModelDef:
+        """One model type from its merged JSON, in this app's or Wan2GP's conventions (engine.wan2gp): fields with
+        no meaning here are kept aside as notes; only a JSON that cannot be read as a model type is refused."""
         where = sources[-1]
         model = data.get("model")
         if not isinstance(model, dict):
             raise ModelDefinitionError(f"{where}: a model JSON needs a \"model\" block")
-        unknown = sorted(set(model) - MODEL_FIELDS - IGNORED_WAN2GP_FIELDS)
-        if unknown:
-            raise ModelDefinitionError(f"{where}: unknown field(s) in \"model\": {', '.join(unknown)} "
-                                       f"(known: {', '.join(sorted(MODEL_FIELDS))})")
-        arch = model.get("architecture")
-        if arch not in self.handlers:
-            raise ModelDefinitionError(f"{where}: architecture {arch!r} is not one this app knows "
-                                       f"({', '.join(sorted(self.handlers))})")
-        defaults = {k: v for k, v in data.items() if k != "model"}
+        model = wan2gp.rename(model, wan2gp.MODEL_NAMES)
+        defaults = wan2gp.rename({k: v for k, v in data.items() if k != "model"}, wan2gp.SETTING_NAMES)
+        handler = self._handler_for(model.get("architecture"), where)
+        notes = []
+        if hasattr(handler, "adopt_wan2gp"):  # the family's Wan2GP conventions (may pick another architecture)
+            model, defaults, notes = handler.adopt_wan2gp(model, defaults, where)
+            self._handler_for(model.get("architecture"), where)
         allowed = GenerationSettings.field_names() - {"model_type"}
-        bad = sorted(set(defaults) - allowed)
-        if bad:
-            raise ModelDefinitionError(f"{where}: unknown setting(s) {', '.join(bad)} "
-                                       f"(settings: {', '.join(sorted(allowed))})")
+        notes += [n for n in (wan2gp.ignored_note(set(model) - MODEL_FIELDS, MODEL_FIELDS, f"{where}: \"model\""),
+                              wan2gp.ignored_note(set(defaults) - allowed, allowed, f"{where}: settings")) if n]
+        model = {k: v for k, v in model.items() if k in MODEL_FIELDS}
+        defaults = {k: v for k, v in defaults.items() if k in allowed}
         if "resolution" in defaults:
             try:
                 defaults["width"], defaults["height"] = parse_resolution(defaults.pop("resolution"))
@@ -112,7 +121,30 @@ class Registry:
         for key in ("config", "comfyui", "file_sizes"):
             if key in model and not isinstance(model[key], dict):
                 raise ModelDefinitionError(f"{where}: \"{key}\" must be an object")
-        return ModelDef(name, model, defaults, sources)
+        for comp in COMPONENTS:
+            value = model.get(comp)
+            if value is not None and not (isinstance(value, str) or isinstance(value, list)
+                                          and all(isinstance(v, str) for v in value)):
+                raise ModelDefinitionError(f"{where}: \"{comp}\" must be a file, a list of alternative files or "
+                                           f"a model type name, not {json.dumps(value)[:80]}")
+        if "attention" in model:
+            wan2gp.check_attention(model["attention"], where)
+        return ModelDef(name, model, defaults, sources, notes)
+
+    def _handler_for(self, arch, where: str):
+        if arch not in self.handlers:
+            raise ModelDefinitionError(f"{where}: architecture {arch!r} is not one this app knows "
+                                       f"({', '.join(sorted(self.handlers))})")
+        return self.handlers[arch]
+
+    def _check_defaults(self, model_def: ModelDef) -> None:
+        """A JSON's default settings must be usable values (a broken one is refused naming its file)."""
+        try:
+            dataclasses.replace(self.default_settings(model_def.type), prompt="-").validate()
+        except SettingsError as exc:
+            raise ModelDefinitionError(f"{model_def.sources[-1]}: {exc}") from None
+        except TypeError as exc:
+            raise ModelDefinitionError(f"{model_def.sources[-1]}: {exc}") from None
 
     def _resolve_reference(self, model_def: ModelDef, comp: str, chain: list[str]):
         """A component given as another model type's name reuses that type's files."""

@@ -169,3 +169,188 @@ def write_control_diffusers_folder(folder: Path, control) -> Path:
     """A diffusers ZImageControlNetModel folder (config.json + safetensors)."""
     control.save_pretrained(str(folder), safe_serialization=True)
     return folder
+
+
+# ---- GGUF files, written through the gguf package's GGUFWriter ------------------------------------------------
+
+def quantize_q4_k(x):
+    """Q4_K blocks (ggml's block_q4_K: fp16 d, fp16 dmin, 12 bytes of 6-bit scales/mins, 128 bytes of nibbles) of
+    float32 rows whose length is a multiple of 256. The gguf package can read K-quants but not write them; this
+    encoder is checked against its reader (tests/test_gguf.py)."""
+    import numpy as np
+
+    rows = x.reshape(-1, 8, 32).astype(np.float32)  # blocks of 256 = 8 sub-blocks of 32
+    lo = np.minimum(rows.min(axis=2), 0)
+    scale = (rows.max(axis=2) - lo) / 15
+    d = (scale.reshape(-1, 8).max(axis=1, keepdims=True) / 63).astype(np.float16)
+    dmin = ((-lo).max(axis=1, keepdims=True) / 63).astype(np.float16)
+    safe = lambda a: np.where(a == 0, 1, a)  # noqa: E731
+    sc = np.clip(np.round(scale / safe(d.astype(np.float32))), 0, 63).astype(np.uint8)
+    mn = np.clip(np.round(-lo / safe(dmin.astype(np.float32))), 0, 63).astype(np.uint8)
+    step = d.astype(np.float32) * sc
+    q = np.clip(np.round((rows + (dmin.astype(np.float32) * mn)[..., None]) / safe(step)[..., None]), 0, 15)
+    q = np.where(step[..., None] == 0, 0, q).astype(np.uint8)
+    packed = np.empty((rows.shape[0], 12), dtype=np.uint8)
+    packed[:, 0:4] = (sc[:, :4] & 0x3F) | ((sc[:, 4:] >> 4) << 6)
+    packed[:, 4:8] = (mn[:, :4] & 0x3F) | ((mn[:, 4:] >> 4) << 6)
+    packed[:, 8:12] = (sc[:, 4:] & 0x0F) | ((mn[:, 4:] & 0x0F) << 4)
+    nibbles = (q[:, 0::2] | (q[:, 1::2] << 4)).reshape(-1, 128)  # sub-blocks 2c (low) and 2c+1 (high)
+    blocks = np.concatenate([d.view(np.uint8), dmin.view(np.uint8), packed, nibbles], axis=1)
+    return blocks.reshape(x.shape[0], -1)
+
+
+def _gguf_quantize(data, qtype):
+    import gguf
+
+    if qtype == gguf.GGMLQuantizationType.F32:
+        return data.astype("float32")
+    if qtype == gguf.GGMLQuantizationType.Q4_K:
+        return quantize_q4_k(data)
+    return gguf.quants.quantize(data, qtype)
+
+
+# llama-quantize with ComfyUI-GGUF's patch (tools/lcpp.patch): for lumina2 these stay as converted (BF16)
+_LUMINA2_KEEP = ("t_embedder.", "x_embedder.", "final_layer.", "cap_embedder.", "context_refiner.", "noise_refiner.")
+
+
+def _comfy_gguf_type(name: str, data, ftype: str, keep=_LUMINA2_KEEP):
+    """The GGML type ComfyUI-GGUF's convert.py + patched llama-quantize give a Z-Image ("lumina2") tensor:
+    1-D and tiny tensors F32, the embedders/refiners/final layer BF16, the main layers the chosen type with the
+    patch's Q4_0 bump (feed_forward.w2 -> Q4_1), and F16 where a K-quant does not fit the row length. Its Q4_K_M
+    bumps (qkv -> Q5_K, w2 -> Q6_K) are left out: this writer encodes Q4_K only (the other K types' decoding is
+    checked block by block against gguf's reader in tests/test_gguf.py)."""
+    import gguf
+
+    T = gguf.GGMLQuantizationType
+    if data.ndim == 1 or data.size <= 1024:
+        return T.F32
+    if any(k in name for k in keep) or data.ndim != 2:
+        return T.BF16
+    qtype = {"Q8_0": T.Q8_0, "Q4_0": T.Q4_0, "Q4_K_M": T.Q4_K}[ftype]
+    if ftype == "Q4_0" and name.endswith(".feed_forward.w2.weight"):
+        qtype = T.Q4_1
+    if qtype == T.Q4_K and data.shape[-1] % 256:
+        qtype = T.F16
+    return qtype
+
+
+def write_comfyui_gguf(path: Path, transformer, ftype: str = "Q8_0", prefix: str = "", keep=_LUMINA2_KEEP) -> Path:
+    """A Z-Image transformer GGUF as ComfyUI-GGUF's tools write one (convert.py: arch "lumina2", original names
+    with fused qkv, bf16 data; then llama-quantize): through gguf.GGUFWriter. `keep=()` quantizes every 2-D
+    weight, refiners and embedders too, as leejet's stable-diffusion.cpp files do (their Q4_0 is 0.30x bf16)."""
+    import gguf
+
+    sd = to_original_keys(state_dict_for_file(transformer), prefix)
+    writer = gguf.GGUFWriter(path=None, arch="lumina2")
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_file_type({"Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+                          "Q4_K_M": gguf.LlamaFileType.MOSTLY_Q4_K_M}[ftype])
+    for name, t in sd.items():
+        data = t.to(torch.bfloat16).float().numpy()  # convert.py: bf16 weights through float32
+        qtype = _comfy_gguf_type(name, data, ftype, keep)
+        try:
+            blocks = _gguf_quantize(data, qtype) if qtype != gguf.GGMLQuantizationType.F16 else None
+        except gguf.QuantError:  # a row length the type's blocks do not divide: F16, as convert.py falls back
+            blocks, qtype = None, gguf.GGMLQuantizationType.F16
+        if blocks is None:
+            writer.add_tensor(name, data.astype("float16"))
+        else:
+            writer.add_tensor(name, blocks, raw_dtype=None if qtype == gguf.GGMLQuantizationType.F32 else qtype)
+    _write_gguf(writer, path)
+    return path
+
+
+def _write_gguf(writer, path: Path) -> None:
+    writer.write_header_to_file(path=str(path))
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def write_llama_cpp_qwen3_gguf(path: Path, encoder, ftype: str = "Q8_0") -> Path:
+    """A Qwen3 text encoder GGUF as llama.cpp's convert_hf_to_gguf.py + llama-quantize write one: arch "qwen3",
+    llama.cpp tensor names from the gguf package's own name table, the hparams in `qwen3.*` keys, no output.weight
+    when the head is tied, norms F32, the rest `ftype`."""
+    import gguf
+
+    config = encoder.config
+    arch = gguf.MODEL_ARCH.QWEN3
+    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[arch])
+    writer.add_name("Qwen3 tiny")
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_key_length(config.head_dim)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"] if hasattr(config, "rope_parameters")
+                              else config.rope_theta)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if ftype == "Q8_0" else gguf.LlamaFileType.MOSTLY_Q4_0)
+    qtype = gguf.GGMLQuantizationType[ftype]
+    for hf_name, t in state_dict_for_file(encoder).items():
+        new = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        data = t.to(torch.bfloat16).float().numpy()
+        try:
+            writer.add_tensor(new, data if data.ndim == 1 else gguf.quants.quantize(data, qtype),
+                              raw_dtype=None if data.ndim == 1 else qtype)
+        except gguf.QuantError:  # llama-quantize keeps rows its blocks do not divide in F16
+            writer.add_tensor(new, data.astype("float16"))
+    _write_gguf(writer, path)
+    return path
+
+
+# ---- ComfyUI fp8 files ---------------------------------------------------------------------------------
+
+def _fp8_rows(t: torch.Tensor, fp8=torch.float8_e4m3fn):
+    """Per-tensor scaled fp8 as ComfyUI's quantizers make it: scale = max|w| / fp8 max, fp8 = w / scale."""
+    scale = (t.float().abs().amax() / torch.finfo(fp8).max).clamp(min=1e-12)
+    return (t.float() / scale).clamp(torch.finfo(fp8).min, torch.finfo(fp8).max).to(fp8), scale.reshape(())
+
+
+def _block_linears(sd: dict, stacks=("layers.", "noise_refiner.", "context_refiner.")) -> list[str]:
+    return [k for k, v in sd.items() if k.endswith(".weight") and k.startswith(stacks) and v.dim() == 2]
+
+
+def write_comfyui_scaled_fp8(path: Path, transformer, prefix: str = "", scale_input: bool = True) -> Path:
+    """ComfyUI's legacy "scaled fp8" layout: original names, a `scaled_fp8` marker (an empty e4m3fn tensor), per
+    quantized Linear `<m>.weight` (e4m3fn) + `<m>.scale_weight` (float32 scalar) and `<m>.scale_input` (1.0,
+    uncalibrated); everything else bf16."""
+    sd = {k: v.to(torch.bfloat16) for k, v in to_original_keys(state_dict_for_file(transformer), prefix).items()}
+    out = dict(sd)
+    for key in _block_linears(sd, tuple(prefix + s for s in ("layers.", "noise_refiner.", "context_refiner."))):
+        module = key[: -len(".weight")]
+        out[key], out[f"{module}.scale_weight"] = _fp8_rows(sd[key])
+        if scale_input:
+            out[f"{module}.scale_input"] = torch.ones((), dtype=torch.float32)
+    out[prefix + "scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    save_file(out, str(path))
+    return path
+
+
+def write_comfyui_mixed_fp8(path: Path, model, stacks=("layers.",), original_names: bool = True,
+                            in_header: bool = False, fmt: str = "float8_e4m3fn") -> Path:
+    """ComfyUI's mixed-precision layout (as Comfy-Org's `*_fp8_mixed` files): quantized Linears as `<m>.weight`
+    (fp8) + `<m>.weight_scale` (float32 scalar) + `<m>.comfy_quant` (the layer's JSON config as uint8 bytes), or
+    the configs in the header's `_quantization_metadata`; every other tensor bf16 (mixed per layer)."""
+    sd = state_dict_for_file(model)
+    if original_names:
+        sd = to_original_keys(sd)
+    sd = {k: v.to(torch.bfloat16) for k, v in sd.items()}
+    out, layers = dict(sd), {}
+    fp8 = getattr(torch, fmt)
+    for key in _block_linears(sd, stacks):
+        module = key[: -len(".weight")]
+        if module.endswith(".feed_forward.w2") or module.endswith(".mlp.down_proj"):
+            continue  # mixed: these stay bf16, as sensitive layers do in the real files
+        out[key], out[f"{module}.weight_scale"] = _fp8_rows(sd[key], fp8)
+        conf = {"format": fmt}
+        layers[module] = conf
+        if not in_header:
+            out[f"{module}.comfy_quant"] = torch.tensor(list(json.dumps(conf).encode()), dtype=torch.uint8)
+    meta = {"_quantization_metadata": json.dumps({"format_version": "1.0", "layers": layers})} if in_header else None
+    save_file(out, str(path), metadata=meta)
+    return path

@@ -138,8 +138,9 @@ def test_foreign_family_named(tmp_path, key, family):
         loader.load_transformer(tmp_path / "f.safetensors", {}, torch.float32)
 
 
-@pytest.mark.parametrize("key,words", [("scaled_fp8", "scaled-fp8"), ("layers.0.attention.qweight", "SVDQ")])
-def test_unsupported_quantized_formats_named(tmp_path, key, words):  # quanto INT8 files load: tests/test_int8.py
+@pytest.mark.parametrize("key,words", [("layers.0.attention.qweight", "Nunchaku SVDQ"),
+                                       ("scaled_fp8", "no Z-Image transformer tensors")])
+def test_unsupported_quantized_formats_named(tmp_path, key, words):  # INT8, fp8, GGUF load: test_int8, test_formats
     save_file({key: torch.zeros(2, 2)}, str(tmp_path / "q.safetensors"))
     with pytest.raises(ModelFileError, match=words):
         loader.load_transformer(tmp_path / "q.safetensors", {}, torch.float32)
@@ -159,12 +160,15 @@ def test_folder_with_only_pickles(tmp_path):
         loader.load_text_encoder(tmp_path, torch.float32)
 
 
-def test_plain_fp8_file_cast_on_load(tmp_path, tiny_models):
+def test_plain_fp8_file_stays_fp8(tmp_path, tiny_models):
+    """Linear weights stay float8 in memory (cast per layer when used); norms and embeddings are cast on load."""
     sd = {k: v.to(torch.float8_e4m3fn) for k, v in state_dict_for_file(tiny_models["transformer"]).items()}
     save_file(sd, str(tmp_path / "fp8.safetensors"))
     tr = loader.load_transformer(tmp_path / "fp8.safetensors", {}, torch.float32)
-    want = sd["layers.0.feed_forward.w1.weight"].float()
-    torch.testing.assert_close(tr.layers[0].feed_forward.w1.weight, want)
+    w1 = tr.layers[0].feed_forward.w1
+    assert w1.weight.dtype == torch.float8_e4m3fn and tr.layers[0].ffn_norm1.weight.dtype == torch.float32
+    x = torch.randn(3, w1.in_features)
+    torch.testing.assert_close(w1(x), x @ sd["layers.0.feed_forward.w1.weight"].float().t())
 
 
 def test_each_header_is_read_once_per_load(tmp_path):

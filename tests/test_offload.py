@@ -111,7 +111,7 @@ def test_flash_attention_needs_cuda():
 
 @pytest.mark.parametrize("changes,words", [
     ({"profile": 7}, "profile 7"), ({"vram_safety_coefficient": 1.0}, "between 0 and 1"),
-    ({"preload_mb": -5}, "preload"), ({"transformer_quantization": "fp8"}, "transformer quantization"),
+    ({"preload_mb": -5}, "preload"), ({"transformer_quantization": "int4"}, "transformer quantization"),
     ({"attention": "xformers"}, "attention"),
 ])
 def test_bad_load_options(changes, words):

@@ -51,10 +51,13 @@ def test_finetune_overrides_field_by_field(tmp_path):
 
 
 @pytest.mark.parametrize("data,message", [
-    ({"model": {"architecture": "z_image", "URLz": "x"}}, "unknown field"),
+    ({"model": {"architecture": "z_image", "URLs": 3}}, "\"URLs\" must be a file"),
     ({"model": {"architecture": "sdxl"}}, "architecture 'sdxl'"),
     ({"notmodel": {}}, "\"model\" block"),
-    ({"model": {"architecture": "z_image"}, "num_steps": 3}, "unknown setting"),
+    ({"model": {"architecture": "z_image"}, "num_inference_steps": "eight"}, "steps must be a whole number"),
+    ({"model": {"architecture": "z_image", "attention": {"old gpus": "sdpa"}}}, "GPU generation test"),
+    ({"model": {"architecture": "z_image_control", "modules": [["a.safetensors"], ["b.safetensors"]]}},
+     "lists 2 modules"),
     ({"model": {"architecture": "z_image"}, "resolution": "big"}, "WIDTHxHEIGHT"),
     ({"model": {"architecture": "z_image", "config": [1]}}, "must be an object"),
 ])
@@ -78,3 +81,18 @@ def test_invalid_json_and_loops(tmp_path):
 def test_unknown_type():
     with pytest.raises(ModelDefinitionError, match="unknown model type 'nope'.*z_image"):
         Registry(families()).get("nope")
+
+
+def test_fields_with_no_meaning_here_are_accepted_and_listed_once(tmp_path, caplog):
+    """Only a broken JSON is refused: unknown fields (Wan2GP's UI hints, a misspelling) are kept aside as notes,
+    with the likely intended name."""
+    write(tmp_path, "mine", {"model": {"architecture": "z_image", "URLz": "x", "visible": False,
+                                       "URLs": "/x/t.safetensors"},
+                             "num_inference_step": 3, "image_mode": 1})
+    with caplog.at_level("WARNING", logger="zimage.registry"):
+        reg = Registry(families(), folders=[ROOT / "defaults", tmp_path])
+    notes = reg.get("mine").ignored
+    assert len(notes) == 2 and "URLz (did you mean URLs?)" in notes[0] and "visible" in notes[0]
+    assert "num_inference_step (did you mean num_inference_steps?)" in notes[1] and "image_mode" in notes[1]
+    assert sum("URLz" in r.message for r in caplog.records) == 1
+    assert "URLz" not in reg.get("mine").model and reg.default_settings("mine").num_inference_steps == 8

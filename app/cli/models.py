@@ -33,11 +33,13 @@ def cmd_models(args) -> int:
         caps = handler.capabilities(model_def.architecture)
         state = "" if caps.available else "  [generation not available in this version]"
         print(f"{name}: {model_def.name} ({model_def.architecture}){state}")
+        for note in model_def.ignored:
+            print(f"    note: {note}")
         try:
             for status in handler.file_status(model_def, engine.locator, engine.options):
                 where = f"present  {status.path}" if status.path else \
                     f"missing  will download {status.source} ({human_size(status.size)})"
-                print(f"    {status.component:<13} {where}" + (f"  [{status.kind}]" if status.kind else ""))
+                print(f"    {status.component:<13} {where}" + (f"  [{status.detail}]" if status.detail else ""))
             choices = handler.quantization_choices(model_def, engine.locator)
             if any(len(kinds) > 1 for kinds in choices.values()):
                 print("    alternatives: " + ", ".join(f"{c} {'/'.join(k)}" for c, k in choices.items()))

@@ -56,8 +56,8 @@ def memory_options(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("memory and precision")
     g.add_argument("--transformer-quantization", choices=QUANTIZATION_CHOICES,
-                   help="which of the model's transformer files: int8 (half the memory), bf16, or auto (default: "
-                        "the first one on disk, else the first listed)")
+                   help="which of the model's transformer files: bf16, int8 (quanto), fp8 (ComfyUI), gguf, nunchaku, "
+                        "or auto (default: the first one on disk, else the first listed)")
     g.add_argument("--text-encoder-quantization", choices=QUANTIZATION_CHOICES,
                    help="the same choice for the Qwen3 text encoder")
     g.add_argument("--profile", type=int, choices=PROFILE_CHOICES,

@@ -116,10 +116,11 @@ class AppUI:
         lines = [f"**{model_def.name}**: {model_def.description}"]
         if not self.caps(model_type).available:
             lines.append("*Generation for this type arrives in a later version.*")
+        lines += [f"- note: {note}" for note in model_def.ignored]
         try:
             for s in handler.file_status(model_def, self.engine.locator):
                 where = f"present (`{s.path}`)" if s.path else f"to download ({human_size(s.size)})"
-                lines.append(f"- {s.component}: {where}")
+                lines.append(f"- {s.component}: {where}" + (f" [{s.detail}]" if s.detail else ""))
         except UserError as exc:
             lines.append(f"- problem: {exc}")
         return "\n".join(lines)

@@ -169,15 +169,17 @@ def lora_panel(app: AppUI, page: Page, fields) -> None:
 
 
 def memory_panel(app: AppUI, page: Page) -> None:
+    from engine.load_options import QUANTIZATION_CHOICES
+
     options = app.engine.options
     with gr.Accordion("Memory", open=False):
         gr.Markdown(memory_help(app.engine))
         with gr.Row():
             page.add("transformer_quantization", gr.Dropdown(
-                ["auto", "int8", "bf16"], value=options.transformer_quantization, label="Transformer file",
+                list(QUANTIZATION_CHOICES), value=options.transformer_quantization, label="Transformer file",
                 info="auto: the first one on disk"))
             page.add("text_encoder_quantization", gr.Dropdown(
-                ["auto", "int8", "bf16"], value=options.text_encoder_quantization, label="Text encoder file"))
+                list(QUANTIZATION_CHOICES), value=options.text_encoder_quantization, label="Text encoder file"))
             page.add("profile", gr.Dropdown(profile_choices(), value=str(options.profile or "auto"),
                                             label="Memory profile (CUDA)"))
 
@@ -216,5 +218,6 @@ def profile_choices() -> list:
 
 def memory_help(engine) -> str:
     notes = engine.startup_notes()
-    return ("INT8 files halve the memory the weights need; memory profiles stream weights to a GPU with less VRAM "
+    return ("INT8, fp8 and GGUF files take half or less of the memory bf16 weights need (the README's format table); "
+            "memory profiles stream weights to a GPU with less VRAM "
             "than the model (see the README's profile table)." + ("\n\n" + " ".join(notes) if notes else ""))

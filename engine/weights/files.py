@@ -79,11 +79,16 @@ class FileLocator:
         return None
 
     def comfyui_path(self, relative_names: list[str]) -> Path | None:
+        """The first of `relative_names` present under the ComfyUI models folder. A name may be a pattern
+        (`unet/z?image?turbo*.gguf`: ComfyUI-GGUF files carry their quantization in the name), matched without
+        regard to case; several matches: the first by name."""
         if not self.comfyui_models:
             return None
         for rel in relative_names:
             candidate = Path(self.comfyui_models) / rel
-            if candidate.is_file():
+            if any(c in rel for c in "*?["):
+                candidate = _first_match(candidate.parent, candidate.name)
+            if candidate is not None and candidate.is_file():
                 return candidate
         return None
 
@@ -118,6 +123,15 @@ class FileLocator:
                 f"could not download the {what} {ref.path} from {ref.repo}{size_text}: {first_line(exc)}. "
                 f"Download it from {ref.text} yourself and put it at {target}, or point the model JSON or "
                 "--comfyui-models at your copy.") from None
+
+
+def _first_match(folder: Path, pattern: str) -> Path | None:
+    import fnmatch
+
+    if not folder.is_dir():
+        return None
+    names = sorted(p.name for p in folder.iterdir() if fnmatch.fnmatch(p.name.lower(), pattern.lower()))
+    return folder / names[0] if names else None
 
 
 def human_size(n: int | None) -> str:

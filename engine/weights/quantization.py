@@ -25,7 +25,6 @@ if TYPE_CHECKING:  # torch and quanto are imported where used: header checks and
 DATA, SCALE = ".weight._data", ".weight._scale"
 ACTIVATION_SCALES = ("input_scale", "output_scale")
 INT8_NAME_MARKERS = ("int8", "quanto")
-KINDS = ("int8", "bf16")  # "bf16": the unquantized file, whatever its float precision
 
 
 # ---- reading a file's header ------------------------------------------------------------------
@@ -223,14 +222,7 @@ def int8_file_name(source_name: str) -> str:
 # ---- which alternative a file is ----------------------------------------------------------------
 
 def kind_of(name: str, path: Path | None = None) -> str:
-    """"int8" or "bf16" for a file: from its header when it is on disk, else from its name."""
-    if path is not None and Path(path).is_file():
-        from engine.weights.safetensors_io import open_weights
+    """The kind of a file ("int8", "bf16", "fp8", "gguf", "nunchaku"): see engine.weights.formats."""
+    from engine.weights.formats import kind_of as file_kind
 
-        try:
-            info = open_weights(path)
-            return "int8" if quantized_modules(info.tensors) else "bf16"
-        except ModelFileError:
-            pass  # a damaged file is reported when it is loaded
-    lowered = Path(name).name.lower()
-    return "int8" if any(marker in lowered for marker in INT8_NAME_MARKERS) else "bf16"
+    return file_kind(name, path)

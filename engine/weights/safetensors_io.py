@@ -8,37 +8,16 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from engine.errors import ModelFileError
+from engine.weights.file_info import TensorFileInfo
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 MAX_HEADER = 16 * 2**20  # real headers are KBs (a LoRA's training metadata a few MB); parsing costs ~7x the bytes
 _DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E8M0": 1, "F4": 1}
-
-
-@dataclass
-class TensorFileInfo:
-    """What a safetensors header says: tensor names to (dtype, shape), and the string metadata."""
-
-    paths: list[Path]
-    tensors: dict[str, tuple[str, tuple[int, ...]]]
-    metadata: dict[str, str] = field(default_factory=dict)
-    sources: dict[str, Path] = field(default_factory=dict)  # tensor name -> file holding it
-    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (byte offset in its file, bytes)
-
-    @property
-    def name(self) -> str:
-        return str(self.paths[0]) if len(self.paths) == 1 else f"{self.paths[0].parent} ({len(self.paths)} files)"
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return self.tensors[key][1]
-
-    def nbytes(self) -> int:
-        return sum(p.stat().st_size for p in self.paths)
 
 
 def refuse_pickle(path: Path) -> None:
@@ -120,6 +99,8 @@ def _check_entries(path: Path, header: dict) -> tuple[dict, dict, int]:
 def read_headers(paths: list[Path]) -> TensorFileInfo:
     """One combined view over the shards of a model (a diffusers folder)."""
     infos = [read_header(p) for p in paths]
+    if len(infos) == 1:
+        return infos[0]
     merged = TensorFileInfo([p for i in infos for p in i.paths], {}, {})
     for info in infos:
         merged.tensors.update(info.tensors)
@@ -142,7 +123,11 @@ def open_weights(path) -> TensorFileInfo:
 
 @lru_cache(maxsize=32)
 def _open_weights(path: Path, _mtime: int, _size: int) -> TensorFileInfo:
-    return read_headers(weight_files_in(path)) if path.is_dir() else read_header(path)
+    if path.is_dir():
+        return read_headers(weight_files_in(path))
+    from engine.weights import gguf_io
+
+    return gguf_io.read_gguf_header(path) if gguf_io.is_gguf(path) else read_header(path)
 
 
 def weight_files_in(folder: Path) -> list[Path]:
@@ -168,6 +153,10 @@ def load_tensors(info: TensorFileInfo, keys: list[str] | None = None, aligned=()
     from safetensors import safe_open
 
     wanted = info.tensors.keys() if keys is None else keys
+    if info.format == "gguf":
+        from engine.weights import gguf_io
+
+        return gguf_io.load_gguf_tensors(info, list(wanted))
     aligned = set(aligned)
     by_file: dict[Path, list[str]] = {}
     for key in wanted:

@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 
 from engine.errors import ModelFileError
+from engine.weights.quantization import plain_name
 from engine.weights.safetensors_io import load_tensors
 from engine.weights.assign import assign_weights, build_empty, check_shapes
 from models.z_image import control_keys as CK
 from models.z_image import keys as K
 from models.z_image.config import metadata_config
 from engine.weights.safetensors_io import open_weights
-from models.z_image.loader import _materialize, folder_config
+from models.z_image.loader import _materialize, _scheme, folder_config
 
 
 def inspect_control(path: Path, host_layers: int) -> tuple[CK.ControlSpec, dict]:
@@ -35,8 +36,10 @@ def inspect_control(path: Path, host_layers: int) -> tuple[CK.ControlSpec, dict]
     shapes_in = {k: v[1] for k, v in info.tensors.items()}
     plan = CK.control_plan(shapes_in, prefix)
     base = folder_config(path) or metadata_config(info.metadata)
-    spec = CK.infer_spec(info.name, K.plan_shapes(plan, shapes_in), host_layers, base)
-    probes = [plan[k][0] for k in CK.refiner_probe_keys(spec) if k in plan]
+    by_plain = {plain_name(k): k for k in plan}  # an INT8 file's `<m>.weight._data` read as `<m>.weight`
+    shapes = K.plan_shapes(plan, shapes_in)
+    spec = CK.infer_spec(info.name, {p: shapes[k] for p, k in by_plain.items()}, host_layers, base)
+    probes = [plan[by_plain[k]][0] for k in CK.refiner_probe_keys(spec) if k in by_plain]
     if spec.refiner_needs_data_check and (len(probes) < 2 or _any_all_zero(info, probes)):
         spec = spec.as_version(CK.REFINER_REPEAT)  # 2.0: its control refiner was never trained
     return spec, CK.wanted_names(plan, spec)
@@ -55,9 +58,11 @@ def load_control(path: Path, transformer, dtype: torch.dtype):
     spec, plan = inspect_control(path, transformer.config.n_layers)
     _check_fit(info.name, spec, transformer)
     net = build_empty(lambda: ZImageControlNetModel(**spec.config()))
-    check_shapes(net, K.plan_shapes(plan, {k: v[1] for k, v in info.tensors.items()}), info.name,
-                 f"Fun-ControlNet {spec.version} control module")
-    assign_weights(net, _materialize(plan, info), dtype)
+    scheme = _scheme(plan, info)  # INT8 (Wan2GP's *_quanto_bf16_int8 modules), fp8 and GGUF layers stay quantized
+    check_shapes(net, scheme.logical_shapes(K.plan_shapes(plan, {k: v[1] for k, v in info.tensors.items()})),
+                 info.name, f"Fun-ControlNet {spec.version} control module")
+    scheme.install(net, dtype, info.name)
+    assign_weights(net, scheme.assign(net, _materialize(plan, info), dtype, info.name), dtype)
     return ZImageControlNetModel.from_transformer(net, transformer), spec
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.weights import formats
 from engine.weights import quantization as Q
 from engine.capabilities import Capabilities
 from engine.errors import ModelFileError, SettingsError, UserError
@@ -45,7 +46,7 @@ DEFAULTS = {
     "z_image_twinflow_turbo": dict(num_inference_steps=2, guidance_scale=0.0, flow_shift=3.0, **_NAG),
 }
 
-QUANTIZABLE = ("transformer", "control", "text_encoder")  # components with INT8 / bf16 alternatives
+QUANTIZABLE = ("transformer", "control", "text_encoder")  # components with bf16 / INT8 / fp8 / GGUF ... alternatives
 
 
 @dataclass
@@ -54,7 +55,8 @@ class ComponentStatus:
     path: Path | None  # on disk (None: to download)
     source: str  # the reference it came from
     size: int | None = None
-    kind: str = ""  # "int8" or "bf16" for the components that have both
+    kind: str = ""  # engine.weights.formats.KINDS, for the components that have alternatives
+    detail: str = ""  # the file's format in a few words ("gguf Q4_K_M", "fp8 scaled e4m3fn"), when on disk
 
 
 @dataclass
@@ -80,6 +82,13 @@ class ZImageHandler:
     @staticmethod
     def default_settings(arch: str) -> dict:
         return dict(DEFAULTS[arch], width=1024, height=1024, sampler=CAPABILITIES[arch].samplers[0])
+
+    @staticmethod
+    def adopt_wan2gp(model: dict, settings: dict, where: str) -> tuple[dict, dict, list[str]]:
+        """A model JSON in Wan2GP's Z-Image conventions, in this app's terms (models/z_image/wan2gp.py)."""
+        from models.z_image.wan2gp import adopt
+
+        return adopt(model, settings, where)
 
     @staticmethod
     def lora_dir(args=None) -> Path:
@@ -122,7 +131,7 @@ class ZImageHandler:
 
     def file_status(self, model_def, locator: FileLocator, options: LoadOptions | None = None) \
             -> list[ComponentStatus]:
-        """Each component: where it is on disk, or what would be downloaded (INT8 or bf16 as `options` ask)."""
+        """Each component: where it is on disk, or what would be downloaded (the file kind `options` ask)."""
         options = options or LoadOptions()
         found: dict[str, ComponentStatus] = {}
         for comp, field_name in COMPONENT_FIELDS.items():
@@ -145,30 +154,33 @@ class ZImageHandler:
         sizes = model_def.file_sizes
         ref = refs[0] if refs else None
         source = str(path) if path else ref.text
-        kind = Q.kind_of(path.name if path else ref.filename, path) if comp in QUANTIZABLE else ""
-        return ComponentStatus(comp, path, source, None if path else sizes.get(ref.filename), kind)
+        kind = formats.kind_of(path.name if path else ref.filename, path) if comp in QUANTIZABLE else ""
+        detail = formats.describe(path) if kind and path is not None and path.is_file() else kind
+        return ComponentStatus(comp, path, source, None if path else sizes.get(ref.filename), kind, detail)
 
     @staticmethod
     def _of_kind(model_def, comp, field_name, refs, comfy, locator, want):
         """The alternatives of the wanted kind; a clear error when the model JSON lists none."""
-        refs = [r for r in refs if Q.kind_of(r.filename, locator.local_path(r)) == want]
-        comfy = [c for c in comfy if Q.kind_of(c, locator.comfyui_path([c])) == want]
+        refs = [r for r in refs if formats.kind_of(r.filename, locator.local_path(r)) == want]
+        comfy = [c for c in comfy if formats.kind_of(c, locator.comfyui_path([c])) == want]
         if not refs and not comfy:
             hint = (f"make one with `python app.py quantize --model {model_def.type}`" if want == "int8"
-                    else f"add a bf16 file to the model JSON's \"{field_name}\" list")
+                    else f"add a {want} file to the model JSON's \"{field_name}\" list (or put it in a ComfyUI "
+                         "folder the JSON's \"comfyui\" patterns name)")
             raise UserError(f"model type {model_def.type} lists no {want.upper()} file for its {comp}: {hint}, or "
                             f"choose --{comp.replace('_', '-')}-quantization auto")
         return refs, comfy
 
     def quantization_choices(self, model_def, locator: FileLocator) -> dict[str, list[str]]:
-        """For the UI: the file kinds ("int8", "bf16") each quantizable component offers, in listed order."""
+        """For the UI: the file kinds (engine.weights.formats.KINDS) each quantizable component offers, in
+        listed order."""
         choices = {}
         for comp in QUANTIZABLE:
             field_name = COMPONENT_FIELDS[comp]
             refs = [parse_ref(r) for r in model_def.files(field_name)]
             comfy = model_def.comfyui_files(field_name)
-            kinds = [Q.kind_of(r.filename, locator.local_path(r)) for r in refs]
-            kinds += [Q.kind_of(c, locator.comfyui_path([c])) for c in comfy]
+            kinds = [formats.kind_of(r.filename, locator.local_path(r)) for r in refs]
+            kinds += [formats.kind_of(c, locator.comfyui_path([c])) for c in comfy]
             if kinds:
                 choices[comp] = list(dict.fromkeys(kinds))
         return choices
@@ -211,14 +223,16 @@ class ZImageHandler:
     # ---- load and run -------------------------------------------------------------------------
 
     def load(self, model_def, locator: FileLocator, dtype, device, options: LoadOptions | None = None):
-        """Load the files `options` choose (INT8 or bf16), then place them: a memory profile on CUDA, else
-        `.to(device)`."""
+        """Load the files `options` choose (bf16, INT8, fp8, GGUF, Nunchaku), then place them: a memory profile on
+        CUDA, else `.to(device)`. float16 gets the overflow guards (models/z_image/fp16.py)."""
+        import torch
+
         from engine.placement import offload
         from models.z_image import loader
         from models.z_image.pipeline import ZImageModel
         from models.z_image.text import PromptEncoder
 
-        options = options or LoadOptions()
+        options = _attention_for_gpu(model_def, options or LoadOptions(), device)
         if not CAPABILITIES[model_def.architecture].available:
             raise UserError(f"{model_def.type}: generation for the {model_def.architecture} architecture is not "
                             "available in this version yet (its files and settings are defined)")
@@ -226,7 +240,7 @@ class ZImageHandler:
             raise UserError(f"{model_def.type} is a control model type but names no control module: add "
                             "\"modules\" (the Fun-ControlNet-Union file) to its model JSON")
         paths = self.fetch(model_def, locator, options)
-        transformer = loader.load_transformer(paths["transformer"], model_def.config, dtype)
+        transformer = loader.load_transformer(paths["transformer"], model_def.config, dtype, device)
         if CAPABILITIES[model_def.architecture].unified_sampler and not hasattr(transformer, "t_embedder_2"):
             raise ModelFileError(paths["transformer"], "this is not a TwinFlow transformer: it has no second time "
                                  "embedder (t_embedder_2.*), which TwinFlow's sampler needs. Wan2GP's int8 TwinFlow "
@@ -235,9 +249,15 @@ class ZImageHandler:
         tokenizer = loader.load_tokenizer(paths["tokenizer"])
         vae = loader.load_vae(paths["vae"], dtype)
         _check_fit(paths, transformer, text_encoder, vae)
+        if dtype == torch.float16:  # GPUs without bf16: keep activations inside fp16's range
+            from models.z_image.fp16 import install_fp16_guards
+
+            install_fp16_guards(transformer)
+        if getattr(transformer, "is_nunchaku", False):
+            options = options.replace(profile=0)  # nunchaku placed it on the GPU; it has no offloading
         placement = offload.place({"transformer": transformer, "text_encoder": text_encoder, "vae": vae},
                                   options, device, dtype)
-        load_info = {c: Q.kind_of(p.name, p) for c, p in paths.items() if c in QUANTIZABLE}
+        load_info = {c: formats.kind_of(p.name, p) for c, p in paths.items() if c in QUANTIZABLE}
         load_info.update(profile=placement.profile, attention=options.attention)
         if options.text_encoder_device:
             load_info["text_encoder_device"] = options.text_encoder_device
@@ -328,6 +348,9 @@ class ZImageHandler:
         """Attach exactly these LoRA files (engine.lora.library.LoraFile) to a loaded model; returns warnings."""
         from models.z_image.lora import apply_loras
 
+        if files and getattr(model.transformer, "is_nunchaku", False):
+            raise UserError("LoRAs cannot be applied to a Nunchaku SVDQ transformer here: use the bf16, INT8, fp8 "
+                            "or GGUF file for LoRAs")
         return apply_loras(model, files)
 
     @staticmethod
@@ -342,6 +365,10 @@ class ZImageHandler:
         """Images for `settings`; `upscalers` (engine.images.upscalers.Upscalers) serves upscaler model names."""
         from models.z_image.pipeline import generate
 
+        if getattr(model.transformer, "is_nunchaku", False) and (settings.nag_on or settings.control_image):
+            raise SettingsError("NAG and control need the transformer's separate q/k/v layers, which a Nunchaku SVDQ "
+                                "transformer fuses: set the NAG scale to 1 (or clear the negative prompt) and no "
+                                "control image, or use the bf16, INT8, fp8 or GGUF file")
         return generate(model, settings, callback, upscalers)
 
     # ---- image to LoRA (Z-Image-i2L: models/z_image/i2l) ----------------------------------------
@@ -373,6 +400,22 @@ class ZImageHandler:
         from models.z_image.control import output_size, pictures
 
         return pictures(output_size(settings), locator, device).control_map
+
+
+def _attention_for_gpu(model_def, options: LoadOptions, device) -> LoadOptions:
+    """A model JSON's `attention` map (Wan2GP's {"<89": "sdpa"}: the kernel for GPUs of that generation) decides
+    the attention kernel on a matching CUDA GPU."""
+    from engine.load_options import ATTENTION_CHOICES
+    from engine.wan2gp import attention_for
+
+    if getattr(device, "type", None) != "cuda" or not model_def.model.get("attention"):
+        return options
+    import torch
+
+    kernel = attention_for(model_def.model["attention"], tuple(torch.cuda.get_device_capability(device)))
+    kernel = {"sage2": "sage", "sage3": "sage", "flash2": "flash"}.get(kernel, kernel)
+    return options.replace(attention=kernel) if kernel in ATTENTION_CHOICES and kernel != options.attention \
+        else options
 
 
 def _validate_control(settings: GenerationSettings, arch: str, caps: Capabilities) -> None:
@@ -424,10 +467,16 @@ def _image_notes(settings: GenerationSettings) -> list[str]:
 
 
 def _load_control(path, model, locator, dtype):
+    import torch
+
     from models.z_image.control import ControlModule
     from models.z_image.control_loader import load_control
 
     net, spec = load_control(path, model.transformer, dtype)
+    if dtype == torch.float16:
+        from models.z_image.fp16 import install_fp16_guards
+
+        install_fp16_guards(net)
     return ControlModule.attach(net.to(model.device), spec, locator, model.transformer)
 
 

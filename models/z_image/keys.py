@@ -30,11 +30,13 @@ FOREIGN_FAMILIES = [
     ("control_all_x_embedder.", "a Fun-ControlNet control module (it belongs in a control model type's \"modules\")"),
 ]
 LORA_MARKERS = ("lora_A.", "lora_B.", "lora_down.", "lora_up.", ".lokr_", ".hada_")
-QUANT_MARKERS = [  # quanto INT8 files (`.weight._data`) are read: see engine.weights.quantization
-    ("scaled_fp8", "a ComfyUI scaled-fp8 file: not supported; use the bf16 file"),
-    (".weight_scale", "a ComfyUI mixed-quantization file: not supported; use the bf16 file"),
-    (".qweight", "a Nunchaku SVDQ file: not supported; use the bf16 file"),
+# quanto INT8, ComfyUI fp8 (plain, scaled, mixed) and GGUF files are read (engine.weights.schemes); Nunchaku
+# SVDQ files only as a transformer (models.z_image.nunchaku)
+QUANT_MARKERS = [
+    (".qweight", "a Nunchaku SVDQ transformer file: it loads only as a Z-Image transformer, through the nunchaku "
+                 "package"),
 ]
+NUNCHAKU_KEYS = (".qweight", ".wscales")
 
 
 def has(keys, fragment: str, prefix: str = "") -> bool:
@@ -50,6 +52,11 @@ def describe_foreign(keys) -> str | None:
     if has(keys, ".lora_") or any(m in k for k in keys for m in LORA_MARKERS):
         return "this is a LoRA, not a model: put it in the LoRA folder instead"
     return None
+
+
+def is_nunchaku(keys) -> bool:
+    """A Nunchaku SVDQ file (4-bit `qweight` with `wscales`)."""
+    return any(k.endswith(NUNCHAKU_KEYS[0]) for k in keys) and any(k.endswith(NUNCHAKU_KEYS[1]) for k in keys)
 
 
 def check_supported_format(path, keys) -> None:
@@ -122,9 +129,11 @@ def original_to_diffusers(name: str) -> str:
 
 
 def _split_qkv(src: str, name: str, shape: tuple, dim: int) -> dict:
-    """A fused qkv tensor's rows in three (a weight, or INT8 data with its per-row scales); a scalar
-    activation scale of an INT8 qkv is shared by the three."""
+    """A fused qkv tensor's rows in three (a weight, or INT8 / fp8 data with its per-row scales); a scalar scale
+    and a layer's quantization config (ComfyUI's `comfy_quant` JSON bytes) are shared by the three."""
     base, _, suffix = name.partition(".attention.qkv.")
+    if suffix == "comfy_quant":
+        shape = ()
     rows = shape[0] if shape else 0
     kv = (rows - dim) // 2  # grouped-query files have shorter k and v
     ranges = {"to_q": (0, dim), "to_k": (dim, dim + kv), "to_v": (dim + kv, rows)}

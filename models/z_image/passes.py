@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine import numerics
 from engine.sampling.samplers import SAMPLERS
 from engine.sampling.strength import noised, steps_to_run, truncate
 from engine.settings import GenerationSettings
@@ -103,7 +104,9 @@ def denoise(cond: Conditioning, p: Pass, seed: int, generator, on_step=None) -> 
     else:
         x = tools.noise(s, generator, channels).to(model.device)
     with cond.stage("denoising"):
-        return SAMPLERS[s.sampler].fn(model_fn, x, sigmas, callback=on_step, generator=generator)
+        latents = SAMPLERS[s.sampler].fn(model_fn, x, sigmas, callback=on_step, generator=generator)
+    numerics.check_latents(latents, model.dtype, bool(s.loras))
+    return latents
 
 
 def at_size(settings: GenerationSettings, size, steps: int | None = None) -> GenerationSettings:

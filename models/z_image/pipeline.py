@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import torch
 
+from engine import numerics
 from engine.lora.apply import cfg_batch, scheduled
 from engine.placement.memory import MemoryMonitor, log_report
 from engine.sampling.samplers import SAMPLERS
@@ -177,7 +178,9 @@ def compose_model_fn(model: ZImageModel, settings: GenerationSettings, captions,
     if nag is not None:
         model_fn = nag.wrap(model_fn, schedule)
     model_fn = add_control(model, settings, schedule, model_fn, control)
-    return scheduled(model_fn, model.loras, settings.loras, schedule)
+    model_fn = scheduled(model_fn, model.loras, settings.loras, schedule)
+    # a NaN/inf prediction stops the sampler at once (engine.numerics), rather than ending as a black PNG
+    return numerics.guard_model_fn(model_fn, model.dtype, bool(settings.loras), settings.num_inference_steps)
 
 
 @torch.no_grad()
@@ -198,6 +201,9 @@ def generate(model: ZImageModel, settings: GenerationSettings, callback=None, up
     with memory.stage("text encoding"):
         # the text encoder may sit on a device of its own (LoadOptions.text_encoder_device)
         feats = [f.to(model.device) for f in model.encoder.encode(prompts, settings.text_hidden_layer)]
+    if not all(numerics.finite(f) for f in feats):
+        raise numerics.GenerationError("the text encoder returned NaN/inf values: nothing was generated. Likely: "
+                                       + numerics.advice(model.dtype, what="the text encoder"))
     negative = feats[1] if with_negative else None
     tools = SimpleNamespace(compose=compose_model_fn, noise=initial_noise, captions=varied_captions,
                             schedule=schedule_for, decode=decode)

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from engine import numerics
+
 TILE_ABOVE = 2048 * 1024  # pixels (about 2 MP): larger pictures are encoded and decoded in tiles
 TILE_PX = 1024  # tile side in pixels (the Flux VAE's own sample size); tiles overlap by a quarter
 
@@ -74,5 +76,6 @@ def decode(model, latents: torch.Tensor) -> list:
     scale = 2 ** (len(cfg.block_out_channels) - 1)
     with tiled(model.vae, z.shape[-2] * scale, z.shape[-1] * scale):
         pix = model.vae.decode(z, return_dict=False)[0]
+    numerics.check_pixels(pix, model.dtype)  # NaN pixels would become a black PNG
     arr = (pix / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
     return [Image.fromarray((a * 255).round().astype("uint8")) for a in arr]
