@@ -169,7 +169,7 @@ def test_found_in_comfyui_folders_and_listed(files, tmp_path, capsys):
     from app.web.handlers import AppUI  # the page's model description shows the same
 
     engine = Engine(Registry(families()), FileLocator(tmp_path / "ck", comfy, offline=True))
-    about = AppUI(engine, output_dir=tmp_path / "out", memory_path=tmp_path / "ui.json").describe("z_image")
+    about = AppUI(engine, output_dir=tmp_path / "out").describe("z_image")
     assert "z_image_turbo-Q4_0.gguf`) [gguf Q4_0]" in about and "Qwen3-4B-Q8_0.gguf`) [gguf Q8_0]" in about
 
 

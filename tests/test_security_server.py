@@ -136,7 +136,7 @@ def test_restore_keeps_a_picture_stored_by_content(served):
     stored = store_picture(folder / "outputs", Image.new("RGB", (40, 24), (200, 10, 10)))
     page = Session(url, demo)
     settings = {"model_type": CONTROL, "prompt": "with its picture", "control_image": str(stored),
-                "control_mode": "raw"}
+                "control_mode": "raw", "inputs": {"control_image": {"sha256": stored.stem, "name": "mine.png"}}}
     out, notes = page.call("on_restore", {"restore": page.upload("stored.png", crafted_png(settings))})
     (picture,) = files_in(value_of(demo, out, "on_restore", "control_image"))
     got = page.http.get(f"/gradio_api/file={picture['path']}")
@@ -464,8 +464,8 @@ def test_lora_presets_are_per_user_with_logins(guarded):
     ann, bob = (logged_in(url, demo, u, p) for u, p in (("ann", "first pass"), ("bob", "s3cret:colon")))
     save_preset(ann, demo, "my set", [["style.safetensors", 0.5, ""]])
     save_preset(bob, demo, "my set", [["style.safetensors", 1.5, ""]])  # the same name: bob's own
-    assert load_preset(ann, demo, "my set") == [["style.safetensors", 0.5, ""]]
-    assert load_preset(bob, demo, "my set") == [["style.safetensors", 1.5, ""]]
+    assert load_preset(ann, demo, "my set") == [["style.safetensors", 0.5, "", False]]  # 4th: positive only
+    assert load_preset(bob, demo, "my set") == [["style.safetensors", 1.5, "", False]]
     save_preset(ann, demo, "only ann", [["style.safetensors", 1.0, ""]])
     with pytest.raises(EventFailed, match="only ann"):  # not in bob's list, and not in his presets
         load_preset(bob, demo, "only ann")

@@ -109,8 +109,8 @@ def cmd_generate(args) -> int:
     settings = settings_from_args(engine, args)
     if not args.prompt and not args.settings_from:
         raise SettingsError("--prompt is required (or --settings-from a PNG)")
+    check_output(Path(args.output))  # before the input pictures are stored beside the outputs
     request = engine.prepare(settings)
-    check_output(Path(args.output))
     for note in list(request.notes) + engine.startup_notes():
         print(f"note: {note}", file=sys.stderr)
 
@@ -154,10 +154,10 @@ def cmd_control_map(args) -> int:
     engine = make_engine(args)
     if not args.prompt:
         args.prompt = "control map"  # the map does not depend on the prompt
+    output = Path(args.output)
+    check_output(output)  # before the control picture is stored beside the outputs
     request = engine.prepare(settings_from_args(engine, args))
     settings = request.settings
-    output = Path(args.output)
-    check_output(output)
     image = run_job(engine, lambda ctx: engine.control_map(request), "control map")
     target = output if output.suffix.lower() == ".png" else output / f"control_map_{settings.control_mode}.png"
     path = save_png(image, settings, {"app": f"{APP_NAME} {APP_VERSION}", "kind": "control map"}, target)

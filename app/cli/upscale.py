@@ -62,8 +62,8 @@ def cmd_upscale(args) -> int:
         names = engine.upscalers.names()
         print("\n".join(names) if names else f"no upscaler models in {engine.upscalers.folder} (.safetensors)")
         return 0
+    check_output(Path(args.output))  # before the picture is stored beside the outputs
     request = engine.prepare(upscale_settings(engine, args))
-    check_output(Path(args.output))
     for note in request.notes:
         print(f"note: {note}", file=sys.stderr)
 

@@ -118,11 +118,11 @@ def i2l_panel(app, page) -> None:
 
     model, pick = page["model_type"], page["lora_pick"]
 
-    def run(model_type, files, lora_name, mode, both_branches, request: gr.Request,
+    def make_lora(model_type, files, lora_name, mode, both_branches, request: gr.Request,
             progress=gr.Progress(track_tqdm=True)):
         return page.outputs(ui.make(model_type, files, lora_name, mode, both_branches, request, progress))
 
-    make.click(run, [model, pictures, name, memory, both], [status, pick], show_progress_on=status, **GPU,
+    make.click(make_lora, [model, pictures, name, memory, both], [status, pick], show_progress_on=status, **GPU,
                **PRIVATE)
     pick.change(**page.wire(ui.on_pick, ["i2l_offer"]), inputs=[model, pick], **PRIVATE)
     names = ["model_type", "about", *[spec.name for spec in FIELDS], "lora_panel", "control_panel", "i2l_offer"]

@@ -15,6 +15,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from engine.errors import UserError
 from engine.settings import INPUT_FIELDS
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -37,6 +38,13 @@ class InputStore:
 
     def put(self, path) -> tuple[Path, str]:
         """Store the picture at `path` (already checked to be a readable image); (stored path, sha256)."""
+        try:
+            return self._put(path)
+        except OSError as exc:
+            raise UserError(f"cannot keep the input picture in {self.folder} ({exc.strerror or exc}): the outputs "
+                            "folder must be a folder this app can write to") from None
+
+    def _put(self, path) -> tuple[Path, str]:
         digest = sha256_of(path)
         found = self.find(digest)
         if found is not None:
