@@ -328,6 +328,12 @@ class ZImageHandler:
 
         return describe_file(path)
 
+    def training_backend(self, model_def, locator: FileLocator, options: LoadOptions, dtype, device):
+        """This family's side of a LoRA training run (engine/training/run.py; models/z_image/training.py)."""
+        from models.z_image.training import ZImageTrainer
+
+        return ZImageTrainer(self, model_def, locator, options, dtype, device)
+
     @staticmethod
     def generate(model, settings: GenerationSettings, callback=None):
         from models.z_image.pipeline import generate
