@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import sys
 
-from app.cli import generate, loras, models
+from app.cli import generate, loras, models, train
 from app.cli.options import Parser, common_options
 from app.web import launch
 from engine.errors import ModelDefinitionError, SettingsError, UserError
 
-COMMANDS = (generate, loras, models)
+COMMANDS = (generate, loras, models, train)
 
 
 def build_parser() -> Parser:
