@@ -18,6 +18,7 @@ The family's side (`handler.training_backend(model_def, locator, options, dtype,
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine import APP_NAME, APP_VERSION
@@ -35,7 +36,30 @@ from engine.training.timesteps import NoiseLevels
 SAMPLE_MAX_SIDE = 1024
 
 
+@dataclass
+class Run:
+    """A prepared run: the loop and what finishing it needs."""
+
+    settings: TrainSettings
+    loop: Loop
+    backend: object
+    data: dataset.Dataset
+    adapter: Path | None
+    library: object  # engine.lora.library.LoraLibrary
+    model_def: object
+    notes: list
+
+
 def train(engine, settings: TrainSettings, ctx) -> TrainResult:
+    run = prepare(engine, settings, ctx)
+    ctx.stage("training")
+    run.loop.guarded()
+    return finish(run, ctx)
+
+
+def prepare(engine, settings: TrainSettings, ctx) -> Run:
+    """Everything up to the first step: checks, dataset, cached captions and latents, model, LoRA, optimizer
+    (restored from the checkpoint when resuming)."""
     s = settings.validate()
     model_def = engine.registry.get(s.model_type)
     handler = engine.registry.handler(s.model_type)
@@ -57,7 +81,8 @@ def train(engine, settings: TrainSettings, ctx) -> TrainResult:
                         "same dataset (or start a new run under another --name)")
     backend = handler.training_backend(model_def, engine.locator, engine.options, engine.dtype, engine.device)
     adapter, adapter_notes = backend.adapter_file(s.adapter)
-    for note in notes + data.notes + adapter_notes:
+    notes = notes + data.notes + adapter_notes
+    for note in notes:
         ctx.note(note)
     prompts = list(s.sample_prompts) or [s.trigger or data.items[0].caption or "a photo"]
 
@@ -83,17 +108,20 @@ def train(engine, settings: TrainSettings, ctx) -> TrainResult:
     if ckpt is not None:
         loop.restore(ckpt)
         ctx.note(f"resuming at step {ckpt.step} of {s.steps}")
-    ctx.stage("training")
-    loop.guarded()
+    return Run(s, loop, backend, data, adapter, library, model_def, notes)
 
+
+def finish(run: Run, ctx) -> TrainResult:
+    """After the last step: the final checkpoint and samples, then the LoRA in the LoRA folder."""
+    loop, s = run.loop, run.settings
     loop.save()
     if not loop.samples or loop.samples[-1][0] != loop.step:
         loop.sample()
     ctx.stage("saving the LoRA")
-    tensors, metadata = _lora_file(backend, lora, s, data, adapter, loop.step, model_def)
-    path = write_new(tensors, library.folder, s.name, metadata)
-    return TrainResult(path, library.resolve(path.name).name, loop.step, loop.history, run_dir, loop.samples,
-                       notes + data.notes + adapter_notes)
+    tensors, metadata = _lora_file(run.backend, loop.lora, s, run.data, run.adapter, loop.step, run.model_def)
+    path = write_new(tensors, run.library.folder, s.name, metadata)
+    return TrainResult(path, run.library.resolve(path.name).name, loop.step, loop.history, loop.run_dir,
+                       loop.samples, run.notes)
 
 
 def _resume_or_new(s: TrainSettings, run_dir: Path):
