@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,9 +63,11 @@ def read_caption(image: Path) -> str | None:
 
 
 def caption_for(text: str | None, trigger: str) -> str:
+    """The caption as trained: the trigger for none, "[trigger]" filled in (and its comma dropped when empty)."""
     if not text:
         return trigger
-    return text.replace(TRIGGER_TOKEN, trigger).strip()
+    text = text.replace(TRIGGER_TOKEN, trigger)
+    return re.sub(r"\s*,\s*(,\s*)+", ", ", text).strip(" ,\n\t")
 
 
 def scan(folder, trigger: str = "", min_side: int = MIN_SIDE) -> Dataset:
