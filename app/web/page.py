@@ -8,6 +8,7 @@ import gradio as gr
 
 from app.web.fields import FIELDS, LORA_COLUMNS
 from app.web.handlers import LOAD_FIELDS, AppUI, field_value, shown
+from app.web.train_tab import train_tab
 from engine.lora.presets import list_presets
 
 CUSTOM_SIZE = "custom"
@@ -94,6 +95,7 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
                 page.add("preview", gr.Image(label="Live preview", interactive=False, height=256, format="png"))
                 gallery = page.add("gallery", gr.Gallery(label="Results", format="png", columns=2, elem_id="gallery"))
                 used = page.add("used", gr.JSON(label="Settings used (click an image)"))
+        train_tab(app, page)
 
         field_names = [spec.name for spec in FIELDS]
         shown_by_type = ["about", *field_names, "lora_panel", "control_panel"]

@@ -50,21 +50,22 @@ class Run:
     notes: list
 
 
-def train(engine, settings: TrainSettings, ctx) -> TrainResult:
-    run = prepare(engine, settings, ctx)
+def train(engine, settings: TrainSettings, ctx, options=None) -> TrainResult:
+    run = prepare(engine, settings, ctx, options)
     ctx.stage("training")
     run.loop.guarded()
     return finish(run, ctx)
 
 
-def prepare(engine, settings: TrainSettings, ctx) -> Run:
+def prepare(engine, settings: TrainSettings, ctx, options=None) -> Run:
     """Everything up to the first step: checks, dataset, cached captions and latents, model, LoRA, optimizer
     (restored from the checkpoint when resuming)."""
     s = settings.validate()
     model_def = engine.registry.get(s.model_type)
     handler = engine.registry.handler(s.model_type)
-    if not hasattr(handler, "training_backend"):
-        raise UserError(f"{s.model_type}: LoRA training is not available for this model family")
+    if not getattr(handler, "trainable", lambda arch: False)(model_def.architecture):
+        raise UserError(f"{s.model_type}: LoRA training is not available for the {model_def.architecture} "
+                        "architecture")
     library = engine.lora_library(s.model_type)
     run_dir = Path(s.output_dir) / s.name
     check_writable(library.folder, "the LoRA folder")
@@ -79,7 +80,8 @@ def prepare(engine, settings: TrainSettings, ctx) -> Run:
     if ckpt is not None and ckpt.dataset_hash != data.digest:
         raise UserError(f"the images or captions in {s.images} changed since the checkpoint: resuming needs the "
                         "same dataset (or start a new run under another --name)")
-    backend = handler.training_backend(model_def, engine.locator, engine.options, engine.dtype, engine.device)
+    backend = handler.training_backend(model_def, engine.locator, options or engine.options, engine.dtype,
+                                       engine.device)
     adapter, adapter_notes = backend.adapter_file(s.adapter)
     notes = notes + data.notes + adapter_notes
     for note in notes:
