@@ -144,6 +144,34 @@ def test_diffusers_loads_the_result_and_draws_the_same_image(trained, engine, lo
     assert np.abs(theirs - ours).max() <= 1  # ... and diffusers applies it as this app does
 
 
+def comfyui_lora_keys(n_layers: int, n_refiners: int) -> set[str]:
+    """The LoRA module names ComfyUI accepts for a Z-Image model, restated from its source: comfy/lora.py
+    model_lora_keys_unet (the Lumina2 branch: "diffusion_model.", "transformer.", "lycoris_" and bare forms of
+    each weight key) over comfy/utils.py z_image_to_diffusers (diffusers names of the layers and refiners)."""
+    block = ["attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0", "feed_forward.w1",
+             "feed_forward.w2", "feed_forward.w3", "attention_norm1", "attention_norm2", "ffn_norm1", "ffn_norm2",
+             "attention.norm_q", "attention.norm_k", "adaLN_modulation.0"]
+    names = [f"{stack}.{i}.{m}" for stack, n in (("layers", n_layers), ("context_refiner", n_refiners),
+                                                  ("noise_refiner", n_refiners)) for i in range(n) for m in block]
+    names += ["all_final_layer.2-1.linear", "all_x_embedder.2-1", "cap_embedder.1", "t_embedder.mlp.0",
+              "t_embedder.mlp.2"]
+    out = set()
+    for name in names:
+        out |= {f"diffusion_model.{name}", f"transformer.{name}", "lycoris_" + name.replace(".", "_"), name}
+    return out
+
+
+def test_comfyui_maps_every_key_of_the_result(trained):
+    """ComfyUI's load_lora consumes `<module>.lora_B.weight` / `.lora_A.weight` / `.alpha` of each mapped module
+    and warns "lora key not loaded" about any other key: there must be none."""
+    _, result, _, _ = trained
+    accepted = comfyui_lora_keys(n_layers=2, n_refiners=1)
+    suffixes = (".lora_A.weight", ".lora_B.weight", ".alpha")
+    for key in load_file(str(result.lora_path)):
+        stem = next((key[: -len(x)] for x in suffixes if key.endswith(x)), None)
+        assert stem in accepted, f"ComfyUI would not load {key}"
+
+
 # ---- training itself --------------------------------------------------------------------------------------
 
 def eval_loss(run) -> float:

@@ -1,6 +1,7 @@
 """The LoRA being trained: fp32 factors, applied to frozen Linear layers by forward hooks (never merged).
 
-For each target Linear W (any dtype, INT8 quanto layers too): y = W x + strength * scale * B (A x), with A [r, in]
+For each target Linear W (any dtype, INT8 quanto layers too): y = W x + strength * scale * B (A x), computed in
+the layer input's dtype (bf16 on GPUs: mixed precision) with the factors kept in fp32; A [r, in]
 initialised as PEFT does (uniform in +-1/sqrt(in), seeded) and B [out, r] zero, so training starts from the
 base model exactly. Removing the hooks gives the base model back bit for bit; the base weights are never
 written.
@@ -53,8 +54,11 @@ class TrainableLora(torch.nn.Module):
         def add_delta(module, args, output):
             if lora.strength == 0:
                 return output  # strength 0 is exactly the base layer
-            h = F.linear(args[0].to(down.dtype), down)
-            return output + (F.linear(h, up) * (lora.scale * lora.strength)).to(output.dtype)
+            x = args[0]
+            # mixed precision: the fp32 factors are cast to the input's dtype (bf16 on GPUs), so backward keeps
+            # the layer's own input, not an fp32 copy of it; gradients reach the fp32 factors through the casts
+            h = F.linear(x, down.to(x.dtype))
+            return output + (F.linear(h, up.to(x.dtype)) * (lora.scale * lora.strength)).to(output.dtype)
 
         return add_delta
 
