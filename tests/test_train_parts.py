@@ -230,3 +230,28 @@ def test_a_failed_write_leaves_the_old_file_whole(tmp_path):
         write_replacing({"a": torch.ones(2), "b": "not a tensor"}, path, {})
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
+
+
+# ---- the optimizer -----------------------------------------------------------------------------------------
+
+def test_optimizer_choice_8bit_only_with_bitsandbytes_on_cuda(monkeypatch):
+    import sys
+    import types
+
+    from engine.training import optim
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # not installed
+    assert optim.choose("auto", cpu) == "adamw" and optim.choose("auto", cuda) == "adamw"
+    with pytest.raises(SettingsError, match="CUDA GPUs only"):
+        optim.choose("adamw8bit", cpu)
+    with pytest.raises(SettingsError, match="pip install bitsandbytes"):
+        optim.choose("adamw8bit", cuda)
+    made = []
+    fake = types.ModuleType("bitsandbytes")
+    fake.optim = types.SimpleNamespace(AdamW8bit=lambda params, **kw: made.append(kw) or "8-bit AdamW")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", fake)
+    assert optim.choose("auto", cuda) == "adamw8bit" and optim.choose("auto", cpu) == "adamw"
+    assert optim.make_optimizer([torch.nn.Parameter(torch.zeros(1))], 1e-4, "adamw8bit") == "8-bit AdamW"
+    assert made == [{"lr": 1e-4, "betas": (0.9, 0.999), "weight_decay": 1e-4, "eps": 1e-8}]
+    assert isinstance(optim.make_optimizer([torch.nn.Parameter(torch.zeros(1))], 1e-4, "adamw"), torch.optim.AdamW)

@@ -66,6 +66,7 @@ def prepare(engine, settings: TrainSettings, ctx, options=None) -> Run:
     if not getattr(handler, "trainable", lambda arch: False)(model_def.architecture):
         raise UserError(f"{s.model_type}: LoRA training is not available for the {model_def.architecture} "
                         "architecture")
+    kind = optim.choose(s.optimizer, engine.device)
     library = engine.lora_library(s.model_type)
     run_dir = Path(s.output_dir) / s.name
     check_writable(library.folder, "the LoRA folder")
@@ -80,8 +81,10 @@ def prepare(engine, settings: TrainSettings, ctx, options=None) -> Run:
     if ckpt is not None and ckpt.dataset_hash != data.digest:
         raise UserError(f"the images or captions in {s.images} changed since the checkpoint: resuming needs the "
                         "same dataset (or start a new run under another --name)")
+    ctx.stage("finding the model's files (downloading what is missing)")
     backend = handler.training_backend(model_def, engine.locator, options or engine.options, engine.dtype,
                                        engine.device)
+    ctx.stage("finding the training adapter (downloading it if missing)")
     adapter, adapter_notes = backend.adapter_file(s.adapter)
     notes = notes + data.notes + adapter_notes
     for note in notes:
@@ -101,7 +104,6 @@ def prepare(engine, settings: TrainSettings, ctx, options=None) -> Run:
         backend.attach_adapter(adapter)
     lora = TrainableLora(backend.targets(s.refiners), s.rank, s.alpha, s.seed).to(backend.device)
     lora.attach(transformer)
-    kind = optim.choose(s.optimizer, backend.device)
     loop = Loop(s, backend, lora, optim.make_optimizer(lora.parameters(), s.learning_rate, kind), kind,
                 Batches(samples, s.batch_size, s.seed), NoiseLevels(backend.shift, s.timesteps),
                 captions if s.cache_text else {}, ctx, run_dir, data.digest,
