@@ -233,7 +233,7 @@ def training_rows(args, base: dict, quantizations: list, skipped: dict) -> list:
         config = dict(model=base["model"], finetunes=base["finetunes"], checkpoints=base["checkpoints"],
                       comfyui=base["comfyui"], model_defs=base["model_defs"], size=size, steps=steps, warmup=1,
                       rank=16, device=base["device"], dtype=None if cuda else "bfloat16", quantization=q,
-                      adapter=adapter if cuda else "none")
+                      adapter=adapter if cuda else "none", threads=None if cuda else 1)
         rows.append({**row, **run_child("memory", config)})
         print(f"done: training, {q}: {rows[-1].get('error', 'ok')}", file=sys.stderr)
     return rows

@@ -237,6 +237,12 @@ def test_stop_through_the_job_queue_writes_a_resumable_checkpoint(engine, worksp
     assert not loras.exists() or not list(loras.glob("*.safetensors"))  # no half result in the LoRA folder
 
 
+def test_stop_with_the_last_step_still_writes_the_lora(engine, workspace, tmp_path, loras):
+    ctx = Ctx(stop_at=3)  # Stop arrives while the last step reports its progress
+    result = train(engine, settings(workspace, tmp_path, steps=3), ctx)
+    assert result.steps == 3 and result.lora_path.is_file()
+
+
 def test_a_name_in_use_is_refused_or_suffixed(engine, workspace, tmp_path, loras):
     s = settings(workspace, tmp_path, steps=2)
     (loras / "tiny.safetensors").parent.mkdir(parents=True, exist_ok=True)

@@ -59,11 +59,14 @@ class Ctx:
             raise Interrupted("stopped by the user")
 
     def report(self, event):
+        """As the job context's: the event is kept, then a pending Stop raises."""
         self.step = getattr(event, "step", self.step) if type(event).__name__ == "TrainProgress" else self.step
         self.events.append(event)
-
-    def note(self, message):
-        self.notes.append(message)
+        self.check()
 
     def stage(self, name):
         self.stages.append(name)
+        self.check()
+
+    def note(self, message):
+        self.notes.append(message)

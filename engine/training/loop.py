@@ -102,6 +102,8 @@ class Loop:
         try:
             self.run()
         except Interrupted:
+            if self.step >= self.settings.steps:
+                return  # Stop came with the last step: the run is complete, let it finish
             path = self.save()
             message = (f"stopped at step {self.step} of {self.settings.steps}: checkpoint {path}; continue with "
                        f"--resume (same --name)")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine import APP_NAME, APP_VERSION
-from engine.errors import UserError
+from engine.errors import Interrupted, UserError
 from engine.training import checkpoint as C
 from engine.training import dataset, optim
 from engine.training.buckets import bucket_size, fit, resolutions_for
@@ -62,6 +62,8 @@ def prepare(engine, settings: TrainSettings, ctx, options=None) -> Run:
     (restored from the checkpoint when resuming)."""
     s = settings.validate()
     model_def = engine.registry.get(s.model_type)
+    if engine.components:  # the command line's --text-encoder / --vae, as Engine.load applies them
+        model_def = dataclasses.replace(model_def, model={**model_def.model, **engine.components})
     handler = engine.registry.handler(s.model_type)
     if not getattr(handler, "trainable", lambda arch: False)(model_def.architecture):
         raise UserError(f"{s.model_type}: LoRA training is not available for the {model_def.architecture} "
@@ -121,7 +123,10 @@ def finish(run: Run, ctx) -> TrainResult:
     loop.save()
     if not loop.samples or loop.samples[-1][0] != loop.step:
         loop.sample()
-    ctx.stage("saving the LoRA")
+    try:
+        ctx.stage("saving the LoRA")
+    except Interrupted:
+        pass  # every step is done: the result is written whatever Stop says now
     tensors, metadata = _lora_file(run.backend, loop.lora, s, run.data, run.adapter, loop.step, run.model_def)
     path = write_new(tensors, run.library.folder, s.name, metadata)
     return TrainResult(path, run.library.resolve(path.name).name, loop.step, loop.history, loop.run_dir,
