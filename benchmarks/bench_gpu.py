@@ -1,11 +1,12 @@
 """GPU benchmark for users: seconds per 1024x1024 image, peak VRAM and peak RAM, for each memory profile and
-for bf16 vs INT8 files, img2img at strength 0.5, the prompt enhancer's tokens per second, and image to LoRA
-(Z-Image-i2L: seconds per picture, peak VRAM, per --i2l-memory mode). It prints tables and one JSON line to paste
-into an issue.
+for bf16 vs INT8 files, img2img at strength 0.5, the prompt enhancer's tokens per second, image to LoRA
+(Z-Image-i2L: seconds per picture, peak VRAM, per --i2l-memory mode) and LoRA training (seconds per step and peak
+VRAM on a bf16 and an INT8 frozen base). It prints tables and one JSON line to paste into an issue.
 
 Run it with your Z-Image files in place (the same flags as the app find them):
   python benchmarks/bench_gpu.py [--model z_image] [--profiles 1,2,3,4,5] [--quantizations bf16,int8]
          [--steps 8] [--size 1024] [--repeats 2] [--checkpoints DIR] [--comfyui-models DIR] [--download]
+         [--train-size 512] [--train-steps 10] [--no-train]
 Each configuration runs in its own process: a profile pins RAM and hooks the models for the life of a
 process, and peak figures must not carry over. Configurations whose files are not on disk are skipped
 (make INT8 files with `python app.py quantize --model z_image`, or pass --download).
@@ -238,6 +239,9 @@ def main():
     ap.add_argument("--i2l-memory", default="auto", help="image-to-LoRA rows: memory modes to time, e.g. "
                                                          "auto,stream,int8 (the app's --i2l-memory)")
     ap.add_argument("--i2l-pictures", type=int, default=4, help="pictures per image-to-LoRA run")
+    ap.add_argument("--train-size", type=int, default=512, help="training rows: image size (default 512)")
+    ap.add_argument("--train-steps", type=int, default=10, help="training rows: timed steps (default 10)")
+    ap.add_argument("--no-train", action="store_true", help="skip the LoRA training rows")
     args = ap.parse_args()
     import torch
 
@@ -289,8 +293,47 @@ def main():
             print(f"{profile:<9}{row['quantization']:<7}  {row.get('error') or row.get('skipped')}")
     i2l = i2l_rows(args, base, torch.cuda.is_available())
     print_i2l(i2l)
+    train = [] if args.no_train else training_rows(args, base, quantizations, skipped)
+    if train:
+        print(f"\nLoRA training: rank 16, batch 1, {train[0]['size']}x{train[0]['size']}, gradient checkpointing, "
+              f"training adapter: {train[0]['adapter']}\n")
+        print(f"{'files':<7}{'s / step':>10}{'steps/s':>9}{'peak VRAM':>12}{'peak memory':>14}")
+        for row in train:
+            if "seconds_per_step" in row:
+                vram = f"{row['peak_bytes'] / GIB:.2f} GiB" if row["device"] == "cuda" else "-"
+                print(f"{row['quantization']:<7}{row['seconds_per_step']:>10.2f}{1 / row['seconds_per_step']:>9.2f}"
+                      f"{vram:>12}{row['peak_bytes'] / GIB:>10.2f} GiB")
+            else:
+                print(f"{row['quantization']:<7}  {row.get('error') or row.get('skipped')}")
     print(json.dumps({"bench": "gpu", "machine": info, "size": base["size"], "steps": base["steps"],
-                      "model": base["model"], "rows": rows, "i2l": i2l}))
+                      "model": base["model"], "rows": rows, "i2l": i2l, "training": train}))
+
+
+def training_rows(args, base: dict, quantizations: list, skipped: dict) -> list:
+    """Seconds per training step and peak memory for each file kind (benchmarks/bench_train.py's memory run).
+    The Turbo training adapter is used when it is on disk (or with --download), else the row says none."""
+    import torch
+
+    from benchmarks.bench_train import run_child
+
+    cuda = torch.cuda.is_available()
+    checkpoints = Path(base["checkpoints"])
+    adapter = "auto" if args.download or (checkpoints / "zimage_turbo_training_adapter_v1.safetensors").is_file() \
+        else "none"
+    size, steps = (args.train_size, args.train_steps) if cuda else (min(args.train_size, 256), 2)
+    rows = []
+    for q in quantizations:
+        row = {"quantization": q, "size": size, "adapter": adapter, "device": "cuda" if cuda else "cpu"}
+        if skipped.get(q):
+            rows.append({**row, "skipped": skipped[q]})
+            continue
+        config = dict(model=base["model"], finetunes=base["finetunes"], checkpoints=base["checkpoints"],
+                      comfyui=base["comfyui"], model_defs=base["model_defs"], size=size, steps=steps, warmup=1,
+                      rank=16, device=base["device"], dtype=None if cuda else "bfloat16", quantization=q,
+                      adapter=adapter if cuda else "none", threads=None if cuda else 1)
+        rows.append({**row, **run_child("memory", config)})
+        print(f"done: training, {q}: {rows[-1].get('error', 'ok')}", file=sys.stderr)
+    return rows
 
 
 if __name__ == "__main__":

@@ -233,6 +233,16 @@ class Engine:
             settings = request.settings
             return self.registry.handler(settings.model_type).generate(self.model, settings, callback, self.upscalers)
 
+    def train_lora(self, settings, ctx, options: LoadOptions | None = None):
+        """Train a LoRA (engine.training.settings.TrainSettings) as a job: `ctx` is the job's context (Stop,
+        progress); `options` (this job only) choose the frozen base's file (INT8 or bf16). The loaded model is
+        unloaded first; the run loads the parts it needs one at a time."""
+        from engine.training.run import train
+
+        with self._gpu:
+            self.unload()
+            return train(self, settings, ctx, options)
+
     def control_map(self, settings_or_request):
         """The control map `settings` would condition on (PIL RGB at the output size), without generating."""
         settings = self._request(settings_or_request).settings

@@ -17,7 +17,7 @@ from models.z_image.i2l import encoders as E
 from models.z_image.i2l import hypernet as H
 from models.z_image.i2l import run as R
 from models.z_image.i2l import tiny
-from models.z_image.i2l.identify import DINOV3, HYPERNETWORK, SIGLIP2
+from models.z_image.i2l.identify import DINOV3, SIGLIP2
 from tests.i2l_files import reference_lora, reference_vector, write_picture
 
 

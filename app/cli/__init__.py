@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import sys
 
-from app.cli import generate, image_to_lora, loras, models, serve, upscale
+from app.cli import generate, image_to_lora, loras, models, serve, train, upscale
 from app.cli.options import Parser, common_options
 from app.web import launch
 from engine.errors import ModelDefinitionError, SettingsError, UserError
 
-COMMANDS = (generate, loras, models, upscale, image_to_lora, serve)
+COMMANDS = (generate, loras, models, upscale, image_to_lora, train, serve)
 
 
 def build_parser() -> Parser:

@@ -12,6 +12,7 @@ from app.web import images_panel, memory
 from app.web.fields import FIELDS, LORA_COLUMNS, LORA_TYPES
 from app.web.handlers import EXTRA_FIELDS, LOAD_FIELDS, AppUI, field_value, shown
 from app.web.i2l_panel import i2l_panel
+from app.web.train_tab import train_tab
 from engine.lora.presets import list_presets
 
 CUSTOM_SIZE = "custom"
@@ -105,6 +106,7 @@ def build_ui(engine, lock_model=None, exposed_without_auth=False, output_dir="ou
                 page.add("preview", gr.Image(label="Live preview", interactive=False, height=256, format="png"))
                 gallery = page.add("gallery", gr.Gallery(label="Results", format="png", columns=2, elem_id="gallery"))
                 used = page.add("used", gr.JSON(label="Settings used (click an image)"))
+        train_tab(app, page)
 
         field_names = [spec.name for spec in FIELDS]
         shown_by_type = ["about", *field_names, "lora_panel", "control_panel"]

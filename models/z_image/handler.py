@@ -361,6 +361,19 @@ class ZImageHandler:
         return describe_file(path)
 
     @staticmethod
+    def trainable(arch: str) -> bool:
+        """LoRA training works on Turbo (with the training adapter) and the base model."""
+        from models.z_image.training import DEFAULT_ADAPTER
+
+        return arch in DEFAULT_ADAPTER
+
+    def training_backend(self, model_def, locator: FileLocator, options: LoadOptions, dtype, device):
+        """This family's side of a LoRA training run (engine/training/run.py; models/z_image/training.py)."""
+        from models.z_image.training import ZImageTrainer
+
+        return ZImageTrainer(self, model_def, locator, options, dtype, device)
+
+    @staticmethod
     def generate(model, settings: GenerationSettings, callback=None, upscalers=None):
         """Images for `settings`; `upscalers` (engine.images.upscalers.Upscalers) serves upscaler model names."""
         from models.z_image.pipeline import generate
