@@ -17,7 +17,7 @@ class Request:
 @pytest.fixture
 def ui(engine, tmp_path, monkeypatch):
     monkeypatch.setitem(engine.lora_dirs, "z_image", tmp_path / "loras")
-    demo = build_ui(engine, output_dir=tmp_path / "out", memory_path=tmp_path / "mem.json")
+    demo = build_ui(engine, output_dir=tmp_path / "out")
     train = demo.zimage_app.train_ui
     train.training_dir = tmp_path / "training"
     yield train
@@ -69,8 +69,8 @@ def test_a_run_streams_progress_loss_samples_then_use_it(ui, inputs):
     (image, caption), = last["train_samples"]
     assert isinstance(image, Image.Image) and caption == "step 4: zzt"
     assert any("Step **4/4**" in f.get("train_info", "") for f in frames)
-    used = ui.use_it("ui.safetensors", [["other.safetensors", 0.5, ""]])
-    assert used["loras"] == [["other.safetensors", 0.5, ""], ["ui.safetensors", 1.0, ""]]
+    used = ui.use_it("ui.safetensors", [["other.safetensors", 0.5, "", False]])
+    assert used["loras"] == [["other.safetensors", 0.5, "", False], ["ui.safetensors", 1.0, "", False]]
     assert "ui.safetensors" in used["lora_pick"]["choices"]
 
 
@@ -80,7 +80,7 @@ def test_stop_from_the_same_session_keeps_a_checkpoint(ui, inputs):
     for frame in ui.start(values(ui, data, adapter, train_steps=400.0, train_save_every=0.0), Request()):
         frames.append(frame)
         if "Step **" in frame.get("train_info", "") and len(frames) > 2:
-            ui.on_stop(Request())
+            ui.on_stop_training(Request())
     assert "**Stopped.** stopped at step" in frames[-1]["train_info"]
     assert (ui.training_dir / "ui" / "checkpoint.safetensors").is_file()
 

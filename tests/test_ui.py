@@ -351,3 +351,12 @@ def test_lora_panel_lists_folder_and_applies_picked_loras(lora_engine, tmp_path)
     loaded = app.on_load_preset("z_image_tiny_test", "my set", "a boat")
     loaded_rows, prompt = loaded["loras"], loaded["prompt"]
     assert loaded_rows == [["sub/fused.safetensors", 1.0, "", False]] and prompt == "a boat, lantern light"
+
+
+def test_page_events_are_named_once(server):
+    """Each event handler of the page has its own name (tests and tools address events by it)."""
+    from collections import Counter
+
+    demo, _, _ = server
+    names = Counter(f.name for f in demo.fns.values() if f.name and f.name != "<lambda>")
+    assert [n for n, c in names.items() if c > 1] == []

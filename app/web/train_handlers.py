@@ -37,7 +37,7 @@ class TrainUI:
 
     # ---- the dataset ------------------------------------------------------------------------------------
 
-    def on_load(self, folder, trigger="") -> dict:
+    def on_load_dataset(self, folder, trigger="") -> dict:
         """The folder's images and captions as table rows, and what was skipped."""
         from engine.training import dataset
 
@@ -55,7 +55,7 @@ class TrainUI:
         with reported():
             written = dataset.write_captions(folder, {str(r[0]): str(r[1] or "") for r in rows or [] if r and r[0]})
             gr.Info(f"{len(written)} caption(s) saved")
-            return self.on_load(folder)
+            return self.on_load_dataset(folder)
         return {}
 
     def on_upload(self, files, name) -> dict:
@@ -76,7 +76,7 @@ class TrainUI:
                     kept += 1
             if not kept:
                 raise UserError("none of the uploaded files is an image or a .txt caption")
-            return {"train_images": str(folder.resolve()), **self.on_load(str(folder.resolve()))}
+            return {"train_images": str(folder.resolve()), **self.on_load_dataset(str(folder.resolve()))}
         return {}
 
     # ---- a run --------------------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ class TrainUI:
                 yield {**view.frame(None, force=True), "train_info": f"**Stopped.** {exc}. Tick *Resume* and press "
                                                                      "Start to continue."}
 
-    def on_stop(self, request=None):
+    def on_stop_training(self, request=None):
         if not self.jobs.stop(owner_of(request)):
             gr.Info("Nothing of yours is running.")
 

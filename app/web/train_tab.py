@@ -95,7 +95,7 @@ def train_tab(app, page, training_dir: str = "training") -> TrainUI:
 
 
 def _wire(ui: TrainUI, page, load, upload, save, start, stop) -> None:
-    load.click(**page.wire(ui.on_load, ["train_captions", "train_info"]),
+    load.click(**page.wire(ui.on_load_dataset, ["train_captions", "train_info"]),
                inputs=[page["train_images"], page["train_trigger"]], **PRIVATE)
     upload.upload(**page.wire(ui.on_upload, ["train_images", "train_captions", "train_info"]),
                   inputs=[upload, page["train_name"]], **PRIVATE)
@@ -104,11 +104,11 @@ def _wire(ui: TrainUI, page, load, upload, save, start, stop) -> None:
     frame_names = ["train_info", "train_loss", "train_samples", "train_result", "train_use"]
     inputs = {page[n] for n in VALUE_NAMES}
 
-    def run(data: dict, request: gr.Request):
+    def train(data: dict, request: gr.Request):
         for frame in ui.start(page.values(data, VALUE_NAMES), request):
             yield page.outputs(frame)
 
-    start.click(run, inputs, [page[n] for n in frame_names], show_progress_on=page["train_info"], **GPU, **PRIVATE)
-    stop.click(ui.on_stop, None, None, queue=False, **PRIVATE)
+    start.click(train, inputs, [page[n] for n in frame_names], show_progress_on=page["train_info"], **GPU, **PRIVATE)
+    stop.click(ui.on_stop_training, None, None, queue=False, **PRIVATE)
     page["train_use"].click(**page.wire(ui.use_it, ["loras", "lora_pick", "lora_panel"]),
                             inputs=[page["train_result"], page["loras"]], **PRIVATE)
