@@ -62,13 +62,13 @@ def bar(done: float, total: float) -> str:
 def running(stage: str, clock: Clock, done: float | None = None, total: float | None = None,
             left: float | None = None, extra: str = "") -> str:
     """The status while a job runs: its stage, a bar when there is a count, elapsed and left."""
-    times = f"{seconds(clock.elapsed())} elapsed"
-    if left is not None:
-        times += f" · about {seconds(left)} left"
+    elapsed = clock.elapsed()
+    times = (f'<span class="zi-elapsed" data-elapsed="{elapsed:.2f}">{_e(seconds(elapsed))}</span> elapsed'
+             + (f" · about {_e(seconds(left))} left" if left is not None else "") + _e(extra))
     parts = [f'<div class="zi-stage" aria-live="polite">{_e(stage)}</div>']
     if total:
         parts.append(bar(done or 0, total))
-    parts.append(f'<div class="zi-times">{_e(times)}{_e(extra)}</div>')
+    parts.append(f'<div class="zi-times">{times}</div>')
     return '<div class="zi-status zi-running">' + "".join(parts) + "</div>"
 
 

@@ -228,8 +228,9 @@ class ZImageHandler:
             ref = refs[status.component]
             what = f"downloading file {k} of {len(missing)}: {ref.filename}"
 
-            def report(done, size, what=what, before=done_before, expected=status.size):
-                jobs.progress(done, size or expected or 0, what, (before + done, max(total, before + done)))
+            def report(done, size, what=what, before=done_before, expected=status.size or 0):
+                size = size or expected  # the hub's size once it answers, else the model JSON's
+                jobs.progress(done, size, what, (before + done, max(total - expected + size, before + done)))
 
             report(0, status.size)
             try:
@@ -240,7 +241,8 @@ class ZImageHandler:
                 raise DownloadError(f"{exc} Still missing as well: "
                                     + "; ".join(missing_line(refs[s.component], s.size, locator.target(
                                         refs[s.component])) for s in missing[k:])) from None
-            done_before += status.size or 0
+            done_before += _size(status.path) or status.size or 0
+            total = max(total, done_before)
         return {s.component: s.path for s in statuses}
 
     # ---- load and run -------------------------------------------------------------------------
@@ -548,6 +550,13 @@ def _check_fit(paths, transformer, text_encoder, vae) -> None:
     if scale != VAE_SCALE:
         raise ModelFileError(paths["vae"], f"VAE scales images down {scale}x; Z-Image needs a {VAE_SCALE}x "
                                            "(Flux-style) VAE")
+
+
+def _size(path) -> int | None:
+    try:
+        return path.stat().st_size if path is not None and path.is_file() else None
+    except OSError:
+        return None
 
 
 def missing_files_message(missing, refs, locator: FileLocator, why: str) -> str:
