@@ -62,6 +62,12 @@ kbd { border: 1px solid var(--border-color-primary); border-radius: 3px; padding
 @media (min-width: 1024px) {
   #results-col { position: sticky; top: 0; align-self: flex-start; max-height: 100vh; overflow-y: auto; }
 }
+/* phone (one column): while a job runs, or an error waits to be read, the status area sits at the bottom of the
+   screen, wherever the page is scrolled to (the results below the settings too) */
+@media (max-width: 1023px) {
+  #jobbar:has(.zi-running), #jobbar:has(.zi-error) { position: fixed; top: auto; bottom: 0; left: 0; right: 0;
+    margin: 0; border-radius: 0; box-shadow: 0 -2px 8px rgba(0, 0, 0, 0.25); max-height: 45vh; overflow-y: auto; }
+}
 /* phone: buttons and cards fit the width */
 @media (max-width: 640px) {
   #lora-cards .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
@@ -113,7 +119,13 @@ HEAD = """
     const comp = config && (config.components || []).find((c) => c.props && c.props.elem_id === "model-type");
     return (comp && comp.props.choices) || [];
   };
+  // a text box whose <label> also holds a button (Gradio's copy button) is named by that button: name it
+  const name = () => document.querySelectorAll("textarea[data-testid=textbox]:not([aria-label])").forEach((t) => {
+    const info = t.closest("label") && t.closest("label").querySelector("[data-testid=block-info]");
+    if (info && t.labels && [...t.labels].every((l) => l.control !== t)) t.setAttribute("aria-label", info.textContent.trim());
+  });
   new MutationObserver(() => {
+    name();
     const box = document.querySelector("#model-type");
     if (!box) return;
     const choices = ids();

@@ -147,12 +147,13 @@ def banner(engine, model_type: str, kind_plans: list[Plan]) -> str:
             fits = "fits this GPU" if plan.transformer_size <= GPU_SHARE * vram else "needs a memory profile here"
         mark = " <strong>(recommended here)</strong>" if plan.kind == best and len(kind_plans) > 1 else ""
         rows.append(f"<tr><td>{_e(KIND_LABELS.get(plan.kind, plan.kind))}{mark}</td><td>{_e(human_size(plan.total))}"
-                    f"</td><td>{_e(parts)}</td><td>{_e(fits)}</td></tr>")
+                    f"</td><td>{_e(parts)}</td>" + (f"<td>{_e(fits)}</td>" if vram else "") + "</tr>")
     free = free_space(folder)
     gpu = (f"This GPU has {human_size(vram)} of memory." if vram else
            "No CUDA GPU here: images are made on the CPU (slowly); the smaller files need less memory.")
-    table = ("<table class='zi-plan'><thead><tr><th>file kind</th><th>download</th><th>files</th><th>GPU</th></tr>"
-             "</thead><tbody>" + "".join(rows) + "</tbody></table>") if rows else ""
+    table = ("<table class='zi-plan'><thead><tr><th>file kind</th><th>download</th><th>files</th>"
+             + ("<th>this GPU</th>" if vram else "") + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+             ) if rows else ""
     return (f"<div class='zi-first-run'><p><strong>{_e(model_def.name)}</strong> needs files that are not here yet. "
             f"Pick a kind and press Download (or just Generate: missing files are downloaded first).</p>{table}"
             f"<p>Files go to <code>{_e(folder)}</code>; free disk space there: "

@@ -205,7 +205,7 @@ class AppUI:
         """A page (re)opened: the settings this browser remembers for the selected type, and its results."""
         model_type = model_type if model_type in self.types else self.first
         items, kept = self.history.gallery(self.history.session(history), user_of(request))
-        return {**self.on_model(model_type, "", store), "gallery": items, "history": kept}
+        return {**self.on_model(model_type, "", store), "gallery": items, "history": kept, "info": status.IDLE}
 
     def on_preset(self, label) -> dict:
         if label not in self.presets:
@@ -236,7 +236,7 @@ class AppUI:
         they come back only by the content rule (app.web.pictures), else they are dropped with a note."""
         if file is None:
             return {}
-        return self.restore(getattr(file, "name", file))
+        return {**self.restore(getattr(file, "name", file)), "restore": None}  # empty: ready for the next drop
 
     def restore(self, path, title: str = "") -> dict:
         """The page showing a PNG's settings: its type, every field, the panels that hold changed values open."""
@@ -383,12 +383,12 @@ class AppUI:
         try:
             yield from self._generate(model_type, values, request, store, history, clock)
         except gr.Error as exc:
-            yield {**IDLE_BUTTONS, "preview": gr.update(visible=False),
+            yield {**idle_buttons(), "preview": gr.update(visible=False),
                    "info": status.error(exc.message, status.details("generate", model_type))}
             raise gr.Error(exc.message, visible=False) from None
 
     def _generate(self, model_type, values, request, store, history, clock):
-        with reported(self, stopped={**IDLE_BUTTONS, "preview": gr.update(visible=False),
+        with reported(self, stopped={**idle_buttons(), "preview": gr.update(visible=False),
                                      "info": status.finished("Stopped.")}) as outcome:
             yield {"info": status.running("Starting", clock), "generate": gr.update(value="Starting..."),
                    "stop": gr.update(visible=True)}
@@ -480,7 +480,7 @@ class AppUI:
         seeds = ", ".join(str(r.settings.seed) for r in results[:: settings.batch_size])
         text = f"{len(paths)} image(s) in {clock.elapsed():.1f} s, seed(s) {seeds}"
         newest = items[0][0] if items else None
-        return {**IDLE_BUTTONS, "gallery": gr.update(value=items, selected_index=0 if items else None),
+        return {**idle_buttons(), "gallery": gr.update(value=items, selected_index=0 if items else None),
                 "history": kept, "preview": gr.update(value=None, visible=False),
                 "info": status.finished(text, list(dict.fromkeys(notes))), "used": results[-1].settings.to_dict(),
                 **self.result_view(newest, results[-1].settings)}
@@ -681,7 +681,9 @@ class _Probe:
         self.__dict__.update(values)
 
 
-IDLE_BUTTONS = {"generate": gr.update(value=status.GENERATE), "stop": gr.update(visible=False)}
+def idle_buttons() -> dict:
+    """Generate back to its label, Cancel hidden (fresh update dicts: Gradio consumes the ones it sends)."""
+    return {"generate": gr.update(value=status.GENERATE), "stop": gr.update(visible=False)}
 
 
 def merged(*updates: dict) -> dict:

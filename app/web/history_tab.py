@@ -77,6 +77,7 @@ def build(app, page) -> HistoryBrowser:
         page.add("history_refresh", gr.Button("Refresh", size="sm", scale=0, elem_id="history-refresh"))
     page.add("history_gallery", gr.Gallery(label="Earlier images (newest first)", columns=6, height=440,
                                            allow_preview=False, object_fit="cover", format="png",
+                                          fit_columns=False,
                                            elem_id="history-gallery"))
     with gr.Row(equal_height=True):
         page.add("history_newer", gr.Button("Newer", size="sm", interactive=False, elem_id="history-newer"))

@@ -151,6 +151,7 @@ def build(app, page, fields) -> LoraPicker:
                     "strengths if it does.")
         page.add("lora_cards", gr.Gallery(picker.cards(app.first), label="LoRA folder (click a card)", columns=4,
                                           height=260, allow_preview=False, object_fit="cover", format="png",
+                                          fit_columns=False,
                                           elem_id="lora-cards"))
         with gr.Row(equal_height=True):
             page.add("lora_pick", gr.Dropdown(app.engine.lora_library(app.first).names(), label="Picked LoRA",

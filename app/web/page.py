@@ -10,6 +10,7 @@ Train: LoRA training and LoRAs from pictures."""
 from __future__ import annotations
 
 import functools
+import inspect
 
 import gradio as gr
 
@@ -51,9 +52,15 @@ class Page:
         """Adapt a handler returning {name: update} (or yielding such frames) to Gradio's dict outputs.
         The adapter keeps the handler's name and signature (Gradio hands a gr.Request to a parameter of that
         type)."""
-        @functools.wraps(fn)
-        def handler(*args, **kwargs):
-            return self.outputs(fn(*args, **kwargs))
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def handler(*args, **kwargs):
+                for frame in fn(*args, **kwargs):
+                    yield self.outputs(frame)
+        else:
+            @functools.wraps(fn)
+            def handler(*args, **kwargs):
+                return self.outputs(fn(*args, **kwargs))
         return {"fn": handler, "outputs": [self.comps[n] for n in names]}
 
 
@@ -102,9 +109,9 @@ def generate_tab(app: AppUI, page: Page, fields, settings) -> None:
             with gr.Row(elem_id="actions-row"):
                 page.add("generate", gr.Button(status.GENERATE, variant="primary", elem_id="generate", scale=3))
                 page.add("enhance_button", gr.Button("Enhance prompt", elem_id="enhance", scale=1))
-            with gr.Group(elem_id="jobbar"):  # sticky: in view wherever the page is scrolled to
+            with gr.Column(elem_id="jobbar"):  # sticky: in view wherever the page is scrolled to
                 with gr.Row(equal_height=True):
-                    page.add("info", gr.HTML(status.IDLE, elem_id="info", scale=4))
+                    page.add("info", gr.HTML(status.OPENING, elem_id="info", scale=4))
                     page.add("stop", gr.Button("Cancel", variant="stop", elem_id="stop", visible=False, scale=1,
                                                min_width=90))
                 page.add("preview", gr.Image(label="Live preview", interactive=False, height=200, format="png",
@@ -137,7 +144,7 @@ def generate_tab(app: AppUI, page: Page, fields, settings) -> None:
         with gr.Column(scale=4, min_width=320, elem_id="results-col"):
             page.add("gallery", gr.Gallery(label="Results (newest first; this browser keeps the last 200)",
                                            format="png", columns=3, height=420, elem_id="gallery",
-                                           allow_preview=True))
+                                           allow_preview=True, fit_columns=False))
             page.add("selected", gr.State(None))
             page.result_actions = results.build(app, page, "result", "selected", "info")
             with gr.Accordion("Settings of the selected image", open=False, elem_id="used-panel"):
@@ -146,7 +153,7 @@ def generate_tab(app: AppUI, page: Page, fields, settings) -> None:
 
 def first_run_banner(app: AppUI, page: Page) -> None:
     view = app.first_run(app.first)
-    with page.add("first_run", gr.Group(visible=view["first_run"]["visible"], elem_id="first-run")):
+    with page.add("first_run", gr.Column(visible=view["first_run"]["visible"], elem_id="first-run")):
         page.add("first_run_text", gr.HTML(view.get("first_run_text", ""), elem_id="first-run-text"))
         kind = view.get("download_kind", {})
         with gr.Row(equal_height=True):
@@ -165,7 +172,7 @@ def wire(app: AppUI, page: Page, demo, browser, history_tab_component) -> None:
     restore_names = ["model_type", *type_names, "images_panel", "advanced_panel", "info"]
     model, store, history = page["model_type"], page["memory"], page["history"]
     model.input(**page.wire(app.on_model, type_names), inputs=[model, page["prompt"], store], **PRIVATE)
-    demo.load(**page.wire(app.on_load, [*type_names, "gallery", "history"]), inputs=[model, store, history],
+    demo.load(**page.wire(app.on_load, [*type_names, "gallery", "history", "info"]), inputs=[model, store, history],
               **PRIVATE)
     page["size_preset"].input(**page.wire(app.on_preset, ["width", "height"]), inputs=page["size_preset"], **FAST)
     size_fields = [page[n] for n in ("width", "height", "batch_size", "count")]
@@ -174,7 +181,8 @@ def wire(app: AppUI, page: Page, demo, browser, history_tab_component) -> None:
                                 ["size_preset", "size_panel"]), inputs=size_fields, **FAST)
     page["control_mode"].change(**page.wire(app.on_control_mode, [s.name for s in FIELDS if s.when]),
                                 inputs=[page["control_mode"], model], **FAST)
-    page["restore"].upload(**page.wire(app.on_restore, restore_names), inputs=page["restore"], **PRIVATE)
+    page["restore"].upload(**page.wire(app.on_restore, [*restore_names, "restore"]), inputs=page["restore"],
+                           **PRIVATE)
 
     # a set of inputs arrives as one {component: value} dict, leaving room for Gradio's special arguments
     value_names = [*field_names, *LOAD_FIELDS, *EXTRA_FIELDS]

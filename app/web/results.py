@@ -155,8 +155,9 @@ def build(app, page, prefix: str, selected: str, status_name: str) -> ResultActi
                                                 visible=control_type(app) is not None))
     with gr.Row(elem_classes="zi-actions"):
         page.add(f"{prefix}_link", gr.HTML("", elem_id=f"{prefix}-link"))
+    # editable (and so labelled for screen readers): a starting point to copy and change
     page.add(f"{prefix}_command", gr.Textbox(label="Command line that makes this image again", buttons=["copy"],
-                                             interactive=False, elem_id=f"{prefix}-command", lines=2))
+                                             interactive=True, elem_id=f"{prefix}-command", lines=2))
     actions.names = dict(selected=selected, prefix=prefix)
     return actions
 

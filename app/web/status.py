@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from engine.weights.files import human_size
 
 IDLE = "Ready. <kbd>Ctrl</kbd>+<kbd>Enter</kbd> generates from anywhere on the page."
+OPENING = "Opening: your last settings and results come back..."  # until the page's load event has answered
 GENERATE = "Generate"
 
 
