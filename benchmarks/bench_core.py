@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.child import child_json  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -120,8 +120,7 @@ def main():
     hook.remove()
 
     file = folder / "transformer.safetensors"
-    probe = subprocess.run([sys.executable, __file__, "--rss-probe", str(file)], capture_output=True, text=True)
-    rss = json.loads(probe.stdout.strip().splitlines()[-1])
+    rss = child_json(__file__, "--rss-probe", str(file))
     size = file.stat().st_size
 
     rows = [
