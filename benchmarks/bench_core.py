@@ -109,15 +109,21 @@ def main():
 
     run_diffusers()  # warm up
     calls0, passes0 = model.encoder.calls, model.passes
-    ours = timed(lambda: engine.generate(settings), args.repeats)
-    te_calls = (model.encoder.calls - calls0) / args.repeats
-    passes = (model.passes - passes0) / args.repeats
-    ours_new_prompt = timed(lambda: engine.generate(
-        settings.__class__(**{**settings.to_dict(), "prompt": f"new prompt {time.time()}"})), args.repeats)
+    engine.generate(settings)
+    te_calls, passes = model.encoder.calls - calls0, model.passes - passes0
     diff_passes = []
     hook = model.transformer.register_forward_hook(lambda *a: diff_passes.append(1))
-    theirs = timed(run_diffusers, args.repeats)
+    run_diffusers()
     hook.remove()
+    # the three paths take turns in every round, so a change in the machine's load hits them alike
+    paths = {"ours": lambda: engine.generate(settings), "theirs": run_diffusers,
+             "new": lambda: engine.generate(settings.__class__(**{**settings.to_dict(),
+                                                                  "prompt": f"new prompt {time.time()}"}))}
+    times = {name: [] for name in paths}
+    for _ in range(args.repeats):
+        for name, fn in paths.items():
+            times[name].append(timed(fn, 1))
+    ours, theirs, ours_new_prompt = (statistics.median(times[k]) for k in ("ours", "theirs", "new"))
 
     file = folder / "transformer.safetensors"
     rss = child_json(__file__, "--rss-probe", str(file))
@@ -129,7 +135,7 @@ def main():
          "<= 1.05x"),
         ("time per image, diffusers ZImagePipeline", f"{theirs:.3f} s", "1.000x", ""),
         ("transformer passes per image (this app)", f"{passes:.0f}", f"steps = {args.steps}", f"= {args.steps}"),
-        ("transformer passes per image (diffusers)", f"{len(diff_passes) / args.repeats:.0f}", "", ""),
+        ("transformer passes per image (diffusers)", f"{len(diff_passes):.0f}", "", ""),
         ("text-encoder calls, repeated prompt", f"{te_calls:.0f}", "", "0"),
         ("peak RSS growth loading transformer", f"{rss['growth'] / 2**20:.1f} MiB",
          f"{rss['growth'] / size:.3f}x file", "<= 1.15x"),
