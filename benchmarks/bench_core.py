@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.child import child_json  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -109,19 +109,24 @@ def main():
 
     run_diffusers()  # warm up
     calls0, passes0 = model.encoder.calls, model.passes
-    ours = timed(lambda: engine.generate(settings), args.repeats)
-    te_calls = (model.encoder.calls - calls0) / args.repeats
-    passes = (model.passes - passes0) / args.repeats
-    ours_new_prompt = timed(lambda: engine.generate(
-        settings.__class__(**{**settings.to_dict(), "prompt": f"new prompt {time.time()}"})), args.repeats)
+    engine.generate(settings)
+    te_calls, passes = model.encoder.calls - calls0, model.passes - passes0
     diff_passes = []
     hook = model.transformer.register_forward_hook(lambda *a: diff_passes.append(1))
-    theirs = timed(run_diffusers, args.repeats)
+    run_diffusers()
     hook.remove()
+    # the three paths take turns in every round, so a change in the machine's load hits them alike
+    paths = {"ours": lambda: engine.generate(settings), "theirs": run_diffusers,
+             "new": lambda: engine.generate(settings.__class__(**{**settings.to_dict(),
+                                                                  "prompt": f"new prompt {time.time()}"}))}
+    times = {name: [] for name in paths}
+    for _ in range(args.repeats):
+        for name, fn in paths.items():
+            times[name].append(timed(fn, 1))
+    ours, theirs, ours_new_prompt = (statistics.median(times[k]) for k in ("ours", "theirs", "new"))
 
     file = folder / "transformer.safetensors"
-    probe = subprocess.run([sys.executable, __file__, "--rss-probe", str(file)], capture_output=True, text=True)
-    rss = json.loads(probe.stdout.strip().splitlines()[-1])
+    rss = child_json(__file__, "--rss-probe", str(file))
     size = file.stat().st_size
 
     rows = [
@@ -130,7 +135,7 @@ def main():
          "<= 1.05x"),
         ("time per image, diffusers ZImagePipeline", f"{theirs:.3f} s", "1.000x", ""),
         ("transformer passes per image (this app)", f"{passes:.0f}", f"steps = {args.steps}", f"= {args.steps}"),
-        ("transformer passes per image (diffusers)", f"{len(diff_passes) / args.repeats:.0f}", "", ""),
+        ("transformer passes per image (diffusers)", f"{len(diff_passes):.0f}", "", ""),
         ("text-encoder calls, repeated prompt", f"{te_calls:.0f}", "", "0"),
         ("peak RSS growth loading transformer", f"{rss['growth'] / 2**20:.1f} MiB",
          f"{rss['growth'] / size:.3f}x file", "<= 1.15x"),

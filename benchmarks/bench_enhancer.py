@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.child import child_json  # noqa: E402
 
 
 def write_encoder(folder: Path) -> Path:
@@ -82,9 +82,7 @@ def main():
     path = write_encoder(Path(tempfile.mkdtemp()))
     runs = {}
     for mode in ("condition", "enhance"):
-        out = subprocess.run([sys.executable, __file__, "--probe", mode, args.device, str(args.tokens), str(path)],
-                             capture_output=True, text=True, check=True)
-        runs[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+        runs[mode] = child_json(__file__, "--probe", mode, args.device, str(args.tokens), str(path))
     cond, enh = runs["condition"]["growth_kb"], runs["enhance"]["growth_kb"]
     ratio = enh / cond
     print(f"\nEnhancer benchmark: Qwen3-shaped encoder (1024 wide, 8 layers, "

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.child import child_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -142,11 +142,7 @@ def psnr(a, b) -> float:
 
 
 def probe(path: Path, warm_up: Path) -> int:
-    out = subprocess.run([sys.executable, __file__, "--rss-probe", str(path), str(warm_up)], capture_output=True,
-                         text=True)
-    if out.returncode:
-        raise SystemExit(out.stderr)
-    return json.loads(out.stdout.strip().splitlines()[-1])["growth"]
+    return child_json(__file__, "--rss-probe", str(path), str(warm_up))["growth"]
 
 
 def main():

@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.child import child_json  # noqa: E402
 
 GIB = 2**30
 
@@ -147,10 +147,7 @@ def i2l_rows(args, base: dict, cuda: bool) -> list[dict]:
         configs = [dict(base, memory=m, pictures=args.i2l_pictures) for m in args.i2l_memory.split(",")]
     rows = []
     for config in configs:
-        out = subprocess.run([sys.executable, __file__, "--i2l-child", json.dumps(config)], capture_output=True,
-                             text=True)
-        result = ({"error": (out.stderr.strip().splitlines() or ["failed"])[-1]} if out.returncode
-                  else json.loads(out.stdout.strip().splitlines()[-1]))
+        result = child_json(__file__, "--i2l-child", json.dumps(config), check=False)
         rows.append({"memory": config["memory"], "pictures": config["pictures"], **result})
         print(f"done: i2L {config['memory']}: {result.get('error') or 'ok'}", file=sys.stderr)
     return rows
@@ -209,11 +206,7 @@ def files_present(model: str, quantization: str, args) -> str | None:
 
 
 def run(config: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(config)], capture_output=True, text=True)
-    if out.returncode:
-        tail = (out.stderr.strip().splitlines() or ["failed"])[-1]
-        return {"error": tail}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return child_json(__file__, "--child", json.dumps(config), check=False)
 
 
 def reduced_cpu_setup(folder: Path) -> tuple[Path, str]:

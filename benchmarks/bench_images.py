@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.child import child_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -59,11 +59,7 @@ def upscale_probe(mode: str, size: int) -> None:
 
 
 def probe(mode: str, size: int) -> int:
-    out = subprocess.run([sys.executable, __file__, "--upscale-probe", mode, str(size)], capture_output=True,
-                         text=True)
-    if out.returncode:
-        raise SystemExit(out.stderr)
-    return json.loads(out.stdout.strip().splitlines()[-1])["growth"]
+    return child_json(__file__, "--upscale-probe", mode, str(size))["growth"]
 
 
 def main():

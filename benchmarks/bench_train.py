@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.child import child_json  # noqa: E402
 
 GIB, MIB = 2**30, 2**20
 
@@ -241,11 +241,7 @@ def forward_backward(loop, captions, now) -> float:
 def run_child(kind: str, config: dict) -> dict:
     # glibc: return freed blocks over 128 KB to the system at once, so RSS follows the live tensors
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-    out = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(config)], capture_output=True,
-                         text=True, env=env)
-    if out.returncode:
-        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return child_json(__file__, "--child", kind, json.dumps(config), env=env, check=False)
 
 
 def main():

@@ -11,11 +11,13 @@ by hash so PNGs stay reproducible) plugs in here: `usable(path, outputs)` is the
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
-from engine.images.inputs import LABELS as PICTURE_FIELDS  # every settings field naming a picture
+from engine.hashing import file_sha256
+from engine.images.inputs import (
+    LABELS as PICTURE_FIELDS,  # every settings field naming a picture
+)
 
 MIN_HASH_DIGITS = 16  # 64 bits: not guessable
 _HEX = re.compile(r"^[0-9a-f]{%d,64}" % MIN_HASH_DIGITS)
@@ -33,7 +35,7 @@ def usable(path, outputs) -> bool:
             return False
         prefix = next((m.group(0) for m in map(_HEX.match, (file.stem.lower(), file.parent.name.lower())) if m),
                       None)
-        return prefix is not None and _sha256(file).startswith(prefix)
+        return prefix is not None and file_sha256(file).startswith(prefix)
     except (OSError, ValueError, RuntimeError):
         return False
 
@@ -58,10 +60,3 @@ def keep_usable(values: dict, outputs) -> tuple[dict, list[str]]:
         out["mask"] = ""
     return out, notes
 
-
-def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

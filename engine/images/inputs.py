@@ -9,25 +9,17 @@ content, is dropped with a note.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import tempfile
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.hashing import file_sha256
 from engine.settings import INPUT_FIELDS
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 LABELS = {"init_image": "init image", "mask": "mask", "control_image": "control picture"}
-
-
-def sha256_of(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class InputStore:
@@ -45,7 +37,7 @@ class InputStore:
                             "folder must be a folder this app can write to") from None
 
     def _put(self, path) -> tuple[Path, str]:
-        digest = sha256_of(path)
+        digest = file_sha256(path)
         found = self.find(digest)
         if found is not None:
             return found, digest
@@ -82,7 +74,7 @@ class InputStore:
         if not isinstance(sha256, str) or not _SHA.match(sha256) or not self.folder.is_dir():
             return None
         for path in sorted(self.folder.glob(f"{sha256}.*")):
-            if path.is_file() and sha256_of(path) == sha256:
+            if path.is_file() and file_sha256(path) == sha256:
                 return path
         return None
 
@@ -108,7 +100,7 @@ def record_inputs(settings, store: InputStore | None):
             stored, digest = store.put(value)
             paths[name] = str(stored.resolve())
         else:
-            digest = sha256_of(value)
+            digest = file_sha256(value)
         original = known.get("name") if known.get("sha256") == digest else None  # a restored picture's name
         record[name] = {"sha256": digest, "name": original or Path(value).name}
     if record == settings.inputs and not any(paths[k] != getattr(settings, k) for k in paths):

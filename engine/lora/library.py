@@ -6,12 +6,12 @@ A LoRA is named by its path inside the folder ("styles/ink.safetensors"). Names 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from engine.errors import SettingsError
+from engine.hashing import file_sha256
 
 SUFFIX = ".safetensors"
 
@@ -93,11 +93,7 @@ class LoraLibrary:
     def sha256(self, file: LoraFile) -> str:
         """Hex sha256 of the file, computed once per file state."""
         if file.key not in self._hashes:
-            h = hashlib.sha256()
-            with open(file.path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            self._hashes[file.key] = h.hexdigest()
+            self._hashes[file.key] = file_sha256(file.path)
         return self._hashes[file.key]
 
     # ---- PNG record ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.hashing import file_sha256
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MIN_SIDE = 256
@@ -114,14 +115,6 @@ def scan(folder, trigger: str = "", min_side: int = MIN_SIDE) -> Dataset:
             f"they are captioned with the trigger word {trigger!r}" if trigger else
             "with no trigger word either, they train with an empty caption (give --trigger)"))
     return data
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_captions(folder, captions: dict[str, str]) -> list[Path]:

@@ -3,7 +3,6 @@ DiffSynth-Studio's Image2LoRA unit does: scaled (bilinear) to cover 1024x1024, c
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
+from engine.hashing import file_sha256
 from engine.images.io import as_rgb, open_user_image
 
 MAX_PICTURES = 16
@@ -40,16 +40,9 @@ def check(paths) -> list[Picture]:
         if min(w, h) < MIN_SIDE:
             raise UserError(f"picture {path}: {w}x{h} pixels is too small (at least {MIN_SIDE} px on the short side; "
                             f"the encoders look at a {CROP}x{CROP} crop)")
-        found.append(Picture(Path(path).resolve(), _sha256(path), (w, h)))
+        found.append(Picture(Path(path).resolve(), file_sha256(path), (w, h)))
     return found
 
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def centre_crop(image, side: int = CROP):
