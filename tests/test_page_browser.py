@@ -126,6 +126,20 @@ def test_reuse_seed_fills_the_seed_and_the_command_line_names_it(served, chromiu
     assert page.locator("#result-link a").get_attribute("href").startswith("gradio_api/file=")
 
 
+def test_on_a_phone_the_new_result_comes_into_view_when_the_job_ends(served, chromium):
+    """The results sit below the settings on a phone: the page brings the newest one into view."""
+    demo, url = served
+    page = opened(chromium, url, viewport=PHONE)
+    page.locator("#field-prompt textarea").fill("a lighthouse")
+    number(page, "num_inference_steps", 1)
+    page.locator("#generate").click()
+    assert not in_view(page, "#gallery")  # far below Generate
+    page.wait_for_function(IDLE, timeout=WAIT)
+    page.wait_for_function("() => { const i = document.querySelector('#gallery img'); if (!i) return false; "
+                           "const r = i.getBoundingClientRect(); return r.top >= 0 && r.top < window.innerHeight; }",
+                           timeout=WAIT)
+
+
 # ---- errors ---------------------------------------------------------------------------------------------------
 
 def test_an_error_stays_with_its_exact_text_and_details_until_the_next_action(served, engine, chromium):

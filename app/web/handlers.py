@@ -196,10 +196,16 @@ class AppUI:
         return {PANEL_GROUPS[g]: gr.update(open=True) for g in groups}
 
     def on_model(self, model_type, prompt="", store=None) -> dict:
-        """Switch type: its remembered settings or defaults, keeping the prompt the user is writing."""
+        """Switch type: its remembered settings or defaults, keeping the prompt the user is writing. The prompt
+        box is left alone unless a remembered prompt fills it: what was typed while the switch was on its way
+        is kept."""
         if model_type not in self.types:
             raise gr.Error(f"unknown model type {model_type!r}")
-        return self.type_view(model_type, self.settings_for_type(model_type, prompt, store))
+        settings = self.settings_for_type(model_type, prompt, store)
+        view = self.type_view(model_type, settings)
+        if settings.prompt == prompt:
+            view.pop("prompt", None)
+        return view
 
     def on_load(self, model_type, store=None, history=None, request: gr.Request = None) -> dict:
         """A page (re)opened: the settings this browser remembers for the selected type, and its results."""

@@ -18,7 +18,6 @@ the page as a copy in Gradio's cache under a hash of its content (`served`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -27,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.hashing import file_sha256
 from engine.outputs import PNG_KEY
 
 SESSION_MAX = 200  # results a browser keeps (older ones are in the history browser)
@@ -95,11 +95,7 @@ class History:
         if key is None:
             return None
         if key not in self._hashes:
-            h = hashlib.sha256()
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            self._hashes[key] = h.hexdigest()
+            self._hashes[key] = file_sha256(path)
         return self._hashes[key]
 
     def served(self, path) -> str:
