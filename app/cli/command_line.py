@@ -23,10 +23,13 @@ def _flags() -> dict[str, tuple[str, bool]]:
     """settings field -> (its long option, is a store_true switch), from the generate parser."""
     import argparse
 
-    from app.cli import build_parser
+    from app.cli import generate as command
     from app.cli.generate import CONTROL_FLAGS, IMAGE_FLAGS, SETTING_FLAGS
+    from app.cli.options import Parser, common_options
 
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    # the generate command registered on its own (the whole CLI would import the page, which imports this)
+    sub = Parser().add_subparsers()
+    command.register(sub, common_options(subcommand=True))
     generate = sub.choices["generate"]
     wanted = set(SETTING_FLAGS + CONTROL_FLAGS + IMAGE_FLAGS)
     out = {}

@@ -24,11 +24,20 @@ from app.web import first_run, memory, status
 from app.web.fields import FIELDS, coerce, loras_to_rows, rows_to_loras
 from app.web.history import History
 from app.web.pictures import PICTURE_FIELDS, keep_usable, refusal, usable
+from app.web.reuse import command_line, png_link
+from app.web.updates import merged
 from engine.errors import Interrupted, SettingsError, UserError
-from engine.jobs import QUEUED, NoteEvent, ProgressEvent, StageEvent, StepEvent, TokenEvent
+from engine.jobs import (
+    QUEUED,
+    NoteEvent,
+    ProgressEvent,
+    StageEvent,
+    StepEvent,
+    TokenEvent,
+)
+from engine.jsontext import parse_json_object
 from engine.load_options import LoadOptions
 from engine.lora.presets import list_presets, load_preset, save_preset, with_snippet
-from engine.jsontext import parse_json_object
 from engine.merge import merge_settings
 from engine.outputs import read_png_settings
 from engine.settings import GenerationSettings, size_presets
@@ -495,8 +504,6 @@ class AppUI:
         """The result actions' view of a picture (a Gradio cache copy): selected, its PNG link, its command."""
         if not path:
             return {"selected": None}
-        from app.web.results import command_line, png_link
-
         return {"selected": path, "result_link": png_link(path), "result_command": command_line(self, settings)}
 
     def on_download(self, model_type, kind, request: gr.Request = None):
@@ -690,18 +697,6 @@ class _Probe:
 def idle_buttons() -> dict:
     """Generate back to its label, Cancel hidden (fresh update dicts: Gradio consumes the ones it sends)."""
     return {"generate": gr.update(value=status.GENERATE), "stop": gr.update(visible=False)}
-
-
-def merged(*updates: dict) -> dict:
-    """Updates by name, several for one component merged into one (gr.update dicts)."""
-    out: dict = {}
-    for frame in updates:
-        for name, update in frame.items():
-            if isinstance(update, dict) and isinstance(out.get(name), dict):
-                out[name] = {**out[name], **update}
-            else:
-                out[name] = update
-    return out
 
 
 def coerce_int(value) -> int | None:
