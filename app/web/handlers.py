@@ -161,15 +161,14 @@ class AppUI:
         lines += [f"- note: {note}" for note in model_def.ignored]
         try:
             statuses = handler.file_status(model_def, self.engine.locator, self.engine.options)
+            present = [f"{s.component.replace('_', ' ')} (`{Path(s.path).name}`)" + (f" [{s.detail}]" if s.detail else "")
+                       for s in statuses if s.path is not None]
             missing = [s for s in statuses if s.path is None]
+            if present:
+                lines.append(f"- present: {', '.join(present)}")
             if missing:
                 size = human_size(sum(s.size or 0 for s in missing))
-                lines.append(f"- files: {len(missing)} of {len(statuses)} to download ({size}): "
-                             + ", ".join(s.component.replace("_", " ") for s in missing))
-            else:
-                lines.append(f"- files: all {len(statuses)} present ("
-                             + ", ".join(f"{s.component.replace('_', ' ')}"
-                                         + (f" [{s.detail}]" if s.detail else "") for s in statuses) + ")")
+                lines.append(f"- to download ({size}): " + ", ".join(s.component.replace("_", " ") for s in missing))
         except UserError as exc:
             lines.append(f"- problem: {exc}")
         return "\n".join(lines)
