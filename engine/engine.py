@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import APP_NAME, APP_VERSION
+from engine import jobs
 from engine.errors import SettingsError
 from engine.jobs import JobQueue
 from engine.limits import Limits
@@ -95,6 +96,7 @@ class Engine:
         self.jobs = JobQueue()
         self._gpu = threading.RLock()
         self._loaded = Loaded()
+        self._encoder = Loaded()  # the text encoder alone, loaded for the prompt enhancer (load_encoder_for)
         self._libraries: dict = {}
         from engine.images.inputs import InputStore
         from engine.images.upscalers import Upscalers
@@ -168,6 +170,7 @@ class Engine:
             if self._loaded.model is not None and self._loaded.key == key:
                 return self._loaded.model
             self.unload()
+            jobs.stage("loading the model")
             model_def = self.registry.get(model_type)
             if components:
                 model_def = dataclasses.replace(model_def, model={**model_def.model, **dict(components)})
@@ -179,8 +182,30 @@ class Engine:
     def load_for(self, request: Request):
         return self.load(request.settings.model_type, request.components, request.options)
 
+    def load_encoder_for(self, request: Request):
+        """What the prompt enhancer needs: the loaded model of this request if it is loaded, else only the text
+        encoder (for families that can load it alone), kept until a whole model is loaded."""
+        components = tuple(sorted(dict(request.components or self.components).items()))
+        options = request.options or self.options
+        key = (request.settings.model_type, components, options)
+        handler = self.registry.handler(request.settings.model_type)
+        with self._gpu:
+            if self._loaded.model is not None and self._loaded.key == key:
+                return self._loaded.model
+            if not hasattr(handler, "load_encoder"):
+                return self.load_for(request)
+            if self._encoder.model is not None and self._encoder.key == key:
+                return self._encoder.model
+            self.unload()
+            model_def = self.registry.get(request.settings.model_type)
+            if components:
+                model_def = dataclasses.replace(model_def, model={**model_def.model, **dict(components)})
+            self._encoder = Loaded(handler.load_encoder(model_def, self.locator, self.dtype, self.device, options), key)
+            return self._encoder.model
+
     def unload(self) -> None:
         with self._gpu:
+            self._encoder = Loaded()
             model = self._loaded.model
             if model is not None and getattr(model, "placement", None) is not None:
                 model.placement.release()
@@ -213,7 +238,7 @@ class Engine:
         request = self._request(settings_or_request)
         settings = request.settings.with_seed()
         with self._gpu:
-            model = self.load_for(request)
+            model = self.load_encoder_for(request)
             original = settings.original_prompt or settings.prompt
             text = self.registry.handler(settings.model_type).enhance(model, original, settings.seed,
                                                                        settings.enhance_thinking, on_token)
@@ -232,6 +257,13 @@ class Engine:
             self.apply_loras(request)
             settings = request.settings
             return self.registry.handler(settings.model_type).generate(self.model, settings, callback, self.upscalers)
+
+    def download(self, model_type: str, options: LoadOptions | None = None) -> dict:
+        """Download the files of a model type that are missing (the kind `options` choose: bf16, INT8...), as a
+        job: run it on `jobs` so Stop cancels it (progress: engine.jobs ProgressEvent per file). Returns the
+        component -> path map."""
+        model_def = self.registry.get(model_type)
+        return self.registry.handler(model_type).fetch(model_def, self.locator, options or self.options)
 
     def train_lora(self, settings, ctx, options: LoadOptions | None = None):
         """Train a LoRA (engine.training.settings.TrainSettings) as a job: `ctx` is the job's context (Stop,

@@ -51,9 +51,10 @@ class StageEvent:
 
 @dataclass
 class ProgressEvent:
-    done: int  # units of work done (blocks run, files read, ...)
+    done: int  # units of work done (blocks run, files read, bytes downloaded...)
     total: int
     what: str  # what is being done now, e.g. "DINOv3: block"
+    overall: tuple[int, int] | None = None  # (done, total) of the whole action when this is one part of it
 
 
 class Retry(Exception):
@@ -63,7 +64,10 @@ class Retry(Exception):
 
 class JobContext:
     """Handed to a job's function: report progress through it; each report is also where Stop takes effect.
-    `slot`: which of the queue's workers runs it (0 with one worker)."""
+    `slot`: which of the queue's workers runs it (0 with one worker).
+
+    Code deep inside a job (loading, downloading, decoding) reports through the module functions `stage` and
+    `progress`, which reach the context of the job running on this thread (and do nothing outside a job)."""
 
     def __init__(self, job: "Job", slot: int = 0):
         self.job = job
@@ -90,8 +94,31 @@ class JobContext:
     def stage(self, name: str) -> None:
         self.report(StageEvent(name))
 
-    def progress(self, done: int, total: int, what: str) -> None:
-        self.report(ProgressEvent(done, total, what))
+    def progress(self, done: int, total: int, what: str, overall: tuple[int, int] | None = None) -> None:
+        self.report(ProgressEvent(done, total, what, overall))
+
+
+_current = threading.local()  # the context of the job this thread runs (JobQueue._work sets it)
+
+
+def current() -> JobContext | None:
+    """The context of the job running on this thread, or None outside a job."""
+    return getattr(_current, "ctx", None)
+
+
+def stage(name: str) -> None:
+    """Report what the running job does now ("loading the model", "decoding", ...); Stop takes effect here.
+    Nothing happens outside a job."""
+    ctx = current()
+    if ctx is not None:
+        ctx.stage(name)
+
+
+def progress(done: int, total: int, what: str, overall: tuple[int, int] | None = None) -> None:
+    """Report progress of the running job's current part (e.g. bytes of a download); Stop takes effect here."""
+    ctx = current()
+    if ctx is not None:
+        ctx.progress(done, total, what, overall)
 
 
 @dataclass(eq=False)
@@ -113,6 +140,7 @@ class Job:
     slot: int | None = None  # the slot of its last run
     skipped: int = 0  # times a slot passed over it for a job of its own model type
     cancel_requested: threading.Event = field(default_factory=threading.Event)
+    begun: threading.Event = field(default_factory=threading.Event)  # set when a worker takes it
     done: threading.Event = field(default_factory=threading.Event)
     _events: queue.Queue = field(default_factory=queue.Queue)
 
@@ -262,6 +290,7 @@ class JobQueue:
                 self._running[slot] = job
                 job.state, job.started, job.slot = RUNNING, job.started or time.monotonic(), slot
                 job.attempts += 1
+                job.begun.set()
                 return job
             self._wakeup.wait()
 
@@ -269,13 +298,16 @@ class JobQueue:
         while True:
             with self._lock:
                 job = self._next(slot)
+            _current.ctx = JobContext(job, slot)
             try:
-                result = job.work(JobContext(job, slot))
+                result = job.work(_current.ctx)
                 outcome = (DONE, result, None)
             except Interrupted as exc:
                 outcome = (CANCELLED, None, exc)
             except BaseException as exc:  # handed to whoever waits on the job, which reports it
                 outcome = (FAILED, None, exc)
+            finally:
+                _current.ctx = None
             with self._lock:
                 del self._running[slot]
                 lost = isinstance(outcome[2], Retry)
@@ -294,6 +326,7 @@ class JobQueue:
 
     def _finish(self, job: Job, state: str, result=None, error=None) -> None:
         job.state, job.result, job.error, job.finished = state, result, error, time.monotonic()
+        job.begun.set()  # whoever waits for it to begin stops waiting
         job.work = None  # drop the closure (settings, pictures) once it has run
         job._events.put(_END)
         job.done.set()

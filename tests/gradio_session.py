@@ -76,19 +76,55 @@ class Session:
 
     def call(self, name: str, values: dict | None = None, event_data=None) -> tuple[list, list]:
         """Run an event to its end: (its output data, the notes it showed: warnings and infos). A generator's
-        first frame (whole values; later frames are diffs) is kept in `first_frame`."""
+        first frame (whole values; later frames are diffs) is kept in `first_frame`, every frame in `frames`."""
         event_id = self.join(name, values, event_data)
-        notes, self.first_frame = [], None
+        notes, self.first_frame, self.frames = [], None, []
         for msg in self.messages():
             if msg.get("event_id") != event_id:
                 continue
             if msg.get("msg") == "log":
                 notes.append(msg.get("log"))
-            if msg.get("msg") == "process_generating" and self.first_frame is None:
-                self.first_frame = (msg.get("output") or {}).get("data")
+            if msg.get("msg") == "process_generating":
+                self.frames.append((msg.get("output") or {}).get("data"))
+                if self.first_frame is None:
+                    self.first_frame = self.frames[0]
             if msg.get("msg") == "process_completed":
                 output = msg.get("output") or {}
                 if not msg.get("success"):
                     raise EventFailed(output.get("error"))
                 return output.get("data"), notes
         raise EventFailed("the stream ended before the event did")
+
+
+def patched(value, ops):
+    """A value after one of Gradio's streamed diffs: [[op, path, value], ...] with op add/replace/delete/append."""
+    import copy
+
+    value = copy.deepcopy(value)
+    for op, path, new in ops:
+        if not path:
+            value = new
+            continue
+        parent = value
+        for key in path[:-1]:
+            parent = parent[key]
+        last = path[-1]
+        if op in ("add", "replace"):
+            parent[last] = new
+        elif op == "delete":
+            del parent[last]
+        elif op == "append":
+            parent[last] = parent[last] + new
+    return value
+
+
+def sent_values(frames: list, index: int) -> list:
+    """The values a generator event sent to one output, frame by frame (the first frame whole, the later ones
+    diffs), leaving out the frames that left it unchanged (gr.skip, sent as a bare update)."""
+    value, sent = None, []
+    for n, frame in enumerate(frames):
+        value = frame[index] if n == 0 else patched(value, frame[index])
+        if value != {"__type__": "update"}:
+            sent.append(value)
+    return sent
+

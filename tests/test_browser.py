@@ -37,9 +37,10 @@ def test_type_prompt_click_generate_get_image(engine, tmp_path, browser):
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.goto(url)
+        page.get_by_text("Ready.").wait_for(timeout=30_000)  # the page's load event has answered
         page.get_by_label("Model type").click()
-        page.get_by_role("option", name="z_image_tiny_test").click()
-        page.get_by_text("Tiny test model").first.wait_for(timeout=30_000)  # the switch has applied its defaults
+        page.get_by_role("option", name="Tiny test model").click()  # names in the list, ids in their tooltips
+        page.get_by_text("z_image_tiny_test").first.wait_for(timeout=30_000)  # the switch has applied its defaults
         page.locator("#field-prompt textarea").fill("a small red house")
         page.locator("#field-num_inference_steps input[type=number]").fill("3")
         page.locator("#generate").click()

@@ -88,12 +88,15 @@ def test_in_a_browser_drop_name_make(panel, tmp_path):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1400})
             page.goto(url)
+            page.get_by_role("tab", name="Train").click()
             page.get_by_text("LoRA from images").first.click()
             page.locator("#i2l-pictures input[type=file]").set_input_files(pictures)
             page.locator("#i2l-name textarea, #i2l-name input").first.fill("browser style")
             page.locator("#i2l-pictures").get_by_text("KB").nth(1).wait_for(timeout=30_000)  # both uploaded
             page.locator("#i2l-make").click()
             page.get_by_text("Made browser style.safetensors").wait_for(timeout=120_000)
+            page.get_by_role("tab", name="Generate").click()
+            page.locator("#lora-panel .label-wrap").first.click()
             page.locator("#i2l-offer").wait_for(state="visible", timeout=30_000)  # picked: its settings offered
             browser.close()
         assert (app.engine.lora_dirs["z_image"] / "browser style.safetensors").is_file()

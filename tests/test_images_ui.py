@@ -13,7 +13,7 @@ gr = pytest.importorskip("gradio")
 from app.web import images_panel  # noqa: E402
 from app.web.handlers import AppUI  # noqa: E402
 from engine.outputs import read_png_settings  # noqa: E402
-from tests.test_ui import FakeProgress, FakeRequest, client, server, values_for  # noqa: E402,F401
+from tests.test_ui import FakeProgress, FakeRequest, client, gallery, server, values_for  # noqa: E402,F401
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def editor_value(photo, box):
 
 def run_page(app, values):
     frames = list(app.generate("z_image_tiny_test", values, request=FakeRequest(), progress=FakeProgress()))
-    return frames[-1]["gallery"][0][0]
+    return gallery(frames[-1])[0][0]
 
 
 def test_painted_mask_inpaints_and_keeps_the_rest(engine, tmp_path, photo):
@@ -60,13 +60,13 @@ def test_result_actions_and_restore(engine, tmp_path, photo):
     values = values_for(app, "z_image_tiny_test", prompt="a cat", seed=1, num_inference_steps=2,
                         init_image=str(photo), strength=0.5)
     out = run_page(app, values)
-    assert images_panel.use_as_input(app, out)["init_image"] == str(tmp_path / "out" / out.split("/")[-1])
+    assert images_panel.use_as_input(app, out)["init_image"] == out  # the result's (hashed) copy
     assert images_panel.inpaint(app, out)["strength"] == 1.0
     with pytest.raises(gr.Error, match="not one of this page's results"):
         images_panel.use_as_input(app, str(photo))
     up = images_panel.upscale_result(app, out, "z_image_tiny_test", {"upscale": 1, "upscaler": "latent"},
                                      FakeRequest())
-    big = up["gallery"][0][0]
+    big = gallery(up)[0][0]
     assert Image.open(big).size == (512, 512) and "512x512" in up["info"]
     assert np.array_equal(np.asarray(Image.open(big)),
                           np.asarray(Image.open(out).convert("RGB").resize((512, 512), Image.Resampling.LANCZOS)))

@@ -19,7 +19,7 @@ from PIL.PngImagePlugin import PngInfo
 gr = pytest.importorskip("gradio")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from tests.gradio_session import EventFailed, Session  # noqa: E402
+from tests.gradio_session import EventFailed, Session, sent_values  # noqa: E402
 
 TINY, CONTROL = "z_image_tiny_test", "z_image_control_tiny_test"
 
@@ -395,7 +395,7 @@ def test_remembered_settings_stay_in_their_browser(served):
     first, second = Session(url, demo), Session(url, demo)
     before = {p: p.stat().st_mtime_ns for p in folder.rglob("*.json")}
     first.call("run", tiny(prompt="first user's prompt"))
-    stored = first.first_frame[first.fn("run").outputs.index(demo.zimage_page["memory"])]
+    [stored] = sent_values(first.frames, first.fn("run").outputs.index(demo.zimage_page["memory"]))
     assert stored[TINY]["prompt"] == "first user's prompt"  # goes to the first browser's local storage
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.json")} == before  # nothing kept on the server
     loaded, _ = second.call("on_load", {"model_type": TINY, "memory": {}})

@@ -18,6 +18,7 @@ def test_train_from_the_page_then_use_it(engine, tmp_path, browser, tiny_models,
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.goto(url)
+        page.get_by_role("tab", name="Train").click()
         page.get_by_text("Train a LoRA").click()
         page.locator("#train-name input, #train-name textarea").first.fill("browser")
         page.locator("#train-images input, #train-images textarea").first.fill(str(data))
@@ -36,7 +37,8 @@ def test_train_from_the_page_then_use_it(engine, tmp_path, browser, tiny_models,
         page.locator("#train-use").click()
         from playwright.sync_api import expect
 
-        expect(page.locator("#field-loras")).to_contain_text("browser.safetensors", timeout=30_000)
+        page.get_by_role("tab", name="Generate").click()  # the LoRA panel is open there, with the new LoRA active
+        expect(page.locator("#lora-active")).to_contain_text("browser.safetensors", timeout=30_000)
         assert (tmp_path / "loras" / "browser.safetensors").is_file()
     finally:
         demo.close()

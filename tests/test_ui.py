@@ -2,6 +2,7 @@
 
 import json
 import socket
+from pathlib import Path
 import threading
 import time
 
@@ -133,7 +134,7 @@ def test_page_and_api_jobs_take_turns_on_the_gpu(server):
     first, second = sorted(jobs, key=lambda j: j.started)
     assert first.owner == FakeRequest.session_hash and first.finished <= second.started  # one after the other
     api_settings, _ = read_png_settings(paths[0])
-    page_settings, _ = read_png_settings(page_out[-1]["gallery"][0][0])
+    page_settings, _ = read_png_settings(gallery(page_out[-1])[0][0])
     assert (api_settings.prompt, api_settings.seed) == ("from the api", 5)
     assert (page_settings.prompt, page_settings.seed, page_settings.num_inference_steps) == ("from the page", 3, 40)
 
@@ -150,6 +151,26 @@ class FakeProgress:
 
 class FakeRequest:
     session_hash = "test-session"
+    username = None
+
+
+def gallery(frame) -> list:
+    """The gallery value of a frame: [(picture, caption)], newest first."""
+    value = frame["gallery"]
+    return value["value"] if isinstance(value, dict) else value
+
+
+def previews(frames) -> list:
+    return [f["preview"]["value"] for f in frames if isinstance(f.get("preview"), dict)
+            and isinstance(f["preview"].get("value"), Image.Image)]
+
+
+def step_texts(frames) -> list:
+    """The status area's "Step i/n" lines, in order."""
+    import re
+
+    return [m.group(0) for f in frames if isinstance(f.get("info"), str)
+            for m in [re.search(r"Step \d+/\d+( of image run \d+/\d+)?", f["info"])] if m]
 
 
 def values_for(app, model_type, **changes):
@@ -164,27 +185,36 @@ def test_generate_streams_progress_and_previews(engine, tmp_path, monkeypatch):
     monkeypatch.setattr(page_module, "PREVIEW_INTERVAL", 0.0)  # as with a real model, whose steps take seconds
     monkeypatch.setattr(page_module, "PROGRESS_INTERVAL", 0.0)
     app = AppUI(engine, tmp_path / "out")
-    progress = FakeProgress()
+    engine.unload()  # so the job loads it (a stage of its own)
     steps = list(app.generate("z_image_tiny_test", values_for(app, "z_image_tiny_test", prompt="a cat", seed=1,
                                                                  num_inference_steps=4, count=2),
-                              request=FakeRequest(), progress=progress))
-    previews = [s["preview"] for s in steps if isinstance(s.get("preview"), Image.Image)]
-    assert len(previews) == 8  # a live preview every step of both runs
-    assert progress.calls[0][0] == 0  # the first update comes before loading
-    assert [c[0] for c in progress.calls[1:]] == [(i, 8) for i in range(1, 9)]
-    gallery, used = steps[-1]["gallery"], steps[-1]["used"]
-    assert len(gallery) == 2 and used["seed"] == 1
-    assert Image.open(gallery[0][0]).size == (256, 256)
+                              request=FakeRequest()))
+    assert len(previews(steps)) == 8  # a live preview every step of both runs
+    assert "Starting" in steps[0]["info"] and steps[0]["stop"]["visible"]  # the first update comes before loading
+    assert step_texts(steps) == [f"Step {i}/4 of image run {r}/2" for r in (1, 2) for i in range(1, 5)]
+    assert [f["generate"]["value"].split(" ·")[0] for f in steps if "Step" in str(f.get("generate"))] == [
+        f"Step {i}/8" for i in range(1, 9)]  # the button counts the job's steps, like the status area
+    stages = [f["info"] for f in steps if isinstance(f.get("info"), str)]
+    assert any("Loading the model" in t for t in stages) and any("Decoding" in t for t in stages)
+    assert any("Saving" in t for t in stages) and any("left" in t for t in stages)  # stages named, time left
+    last = steps[-1]
+    assert len(gallery(last)) == 2 and last["used"]["seed"] == 2  # the last image's (seed 1 + run 1)
+    assert last["preview"]["visible"] is False and last["generate"]["value"] == "Generate"  # no stale preview
+    assert Image.open(gallery(last)[0][0]).size == (256, 256)
     remembered = next(s["memory"] for s in steps if "memory" in s)  # for the browser's local storage
     assert remembered["z_image_tiny_test"]["prompt"] == "a cat"
+    import hashlib  # this browser's history names each output by file and content hash
+
+    for entry in last["history"]:
+        assert hashlib.sha256((tmp_path / "out" / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
     monkeypatch.setattr(page_module, "PREVIEW_INTERVAL", 3600.0)
     monkeypatch.setattr(page_module, "PROGRESS_INTERVAL", 3600.0)
-    progress = FakeProgress()
     quick = list(app.generate("z_image_tiny_test", values_for(app, "z_image_tiny_test", prompt="a cat", seed=1,
                                                                  num_inference_steps=4), request=FakeRequest(),
-                              progress=progress))
-    assert sum(isinstance(s.get("preview"), Image.Image) for s in quick) == 1  # fast steps: only the last preview is sent
-    assert [c[0] for c in progress.calls[1:]] == [(4, 4)]  # and the last progress update
+                              history=last["history"]))
+    assert len(previews(quick)) == 1  # fast steps: only the last preview is sent
+    assert step_texts(quick) == ["Step 4/4"]  # and the last progress update
+    assert len(gallery(quick[-1])) == 3 and len(quick[-1]["history"]) == 3  # the new image first, then the others
 
 
 def test_out_of_gpu_memory_frees_memory_says_what_to_try_and_keeps_serving(engine, tmp_path, monkeypatch):
@@ -206,7 +236,7 @@ def test_out_of_gpu_memory_frees_memory_says_what_to_try_and_keeps_serving(engin
     assert engine.model is None and released  # the model and the preprocessors were let go
     monkeypatch.undo()
     out = list(app.generate("z_image_tiny_test", values, request=FakeRequest(), progress=FakeProgress()))
-    assert Image.open(out[-1]["gallery"][0][0]).size == (256, 256)  # the next job runs
+    assert Image.open(gallery(out[-1])[0][0]).size == (256, 256)  # the next job runs
 
 
 def test_capabilities_decide_visible_controls(engine, tmp_path):
@@ -232,8 +262,9 @@ def test_switching_model_applies_defaults_then_remembered(engine, tmp_path):
     again = app.on_model("z_image_base", "", store)
     assert again["guidance_scale"]["value"] == 6.5 and again["prompt"]["value"] == "kept"
     typing = app.on_model("z_image_base", "what I am writing", store)
-    assert typing["prompt"]["value"] == "what I am writing" and typing["guidance_scale"]["value"] == 6.5
-    assert app.on_model("z_image_base")["prompt"]["value"] != "kept"  # another browser: nothing remembered
+    # the prompt box is left alone (typing after the switch was sent is not overwritten); the rest applies
+    assert "prompt" not in typing and typing["guidance_scale"]["value"] == 6.5
+    assert "prompt" not in app.on_model("z_image_base")  # another browser: nothing remembered, nothing replaced
 
 
 def test_restore_every_setting_from_png(engine, tmp_path):
@@ -271,9 +302,10 @@ def test_missing_files_download_then_generate(engine, tiny_model_json, tmp_path,
         "tokenizer": str(folder / "tokenizer")}, "resolution": "256x256"}))
     fetched = []
 
-    def fake_download(repo, filename, revision, local_dir):
-        for _ in tqdm(range(3), desc=filename):
-            pass
+    def fake_download(repo, filename, revision, local_dir, tqdm_class=tqdm, **kw):
+        with tqdm_class(total=3, desc=filename) as bar:
+            for _ in range(3):
+                bar.update(1)
         fetched.append(filename)
         target = local_dir / filename
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -288,7 +320,7 @@ def test_missing_files_download_then_generate(engine, tiny_model_json, tmp_path,
     out = list(app.generate("hubtiny", values_for(app, "hubtiny", prompt="x", num_inference_steps=1),
                             request=FakeRequest(), progress=FakeProgress()))
     assert sorted(fetched) == ["text_encoder.safetensors", "transformer.safetensors", "vae.safetensors"]
-    assert len(out[-1]["gallery"]) == 1
+    assert len(gallery(out[-1])) == 1
     assert "present" in app.describe("hubtiny")
 
 
@@ -340,7 +372,7 @@ def test_lora_panel_lists_folder_and_applies_picked_loras(lora_engine, tmp_path)
         values = values_for(app, "z_image_tiny_test", prompt="a lantern", seed=4, num_inference_steps=2)
         values["loras"] = lora_rows
         out = list(app.generate("z_image_tiny_test", values, request=FakeRequest(), progress=FakeProgress()))
-        return np.asarray(Image.open(out[-1]["gallery"][0][0])), out[-1]["used"]
+        return np.asarray(Image.open(gallery(out[-1])[0][0])), out[-1]["used"]
 
     plain, _ = run([])
     with_lora, used = run(rows)

@@ -29,6 +29,7 @@ class FieldSpec:
     choices: Callable[[Capabilities], tuple] | None = None  # for dropdowns
     step: float = 1
     info: str = ""
+    when: Callable | None = None  # shown only when when(settings) holds (a control mode's own options)
 
     def is_int(self) -> bool:
         return self.kind in ("number", "slider") and float(self.step).is_integer()
@@ -74,11 +75,11 @@ FIELDS = [
     FieldSpec("control_end", "slider", "Control until (share of steps)", "control", visible=lambda c: bool(c.control_modes),
               bounds=lambda c: (0, 1), step=0.05),
     FieldSpec("canny_low", "number", "Canny low threshold", "control", visible=lambda c: bool(c.control_modes),
-              bounds=lambda c: (0, 255)),
+              bounds=lambda c: (0, 255), when=lambda s: s.control_mode == "canny"),
     FieldSpec("canny_high", "number", "Canny high threshold", "control", visible=lambda c: bool(c.control_modes),
-              bounds=lambda c: (0, 255)),
+              bounds=lambda c: (0, 255), when=lambda s: s.control_mode == "canny"),
     FieldSpec("depth_model", "dropdown", "Depth model", "control", visible=lambda c: bool(c.control_modes),
-              choices=lambda c: ("small", "large")),
+              choices=lambda c: ("small", "large"), when=lambda s: s.control_mode == "depth"),
     FieldSpec("loras", "loras", "LoRAs (strength -2 to 2; schedule e.g. 1.0,0.5 spreads over the steps)", "lora",
               visible=lambda c: c.loras),
     FieldSpec("width", "number", "Width", "size", bounds=lambda c: (MIN_SIDE, MAX_SIDE), step=SIDE_MULTIPLE),

@@ -20,14 +20,24 @@ from pathlib import Path
 import gradio as gr
 from gradio.data_classes import FileData
 
-from app.web import memory
+from app.web import first_run, memory, status
 from app.web.fields import FIELDS, coerce, loras_to_rows, rows_to_loras
+from app.web.history import History
 from app.web.pictures import PICTURE_FIELDS, keep_usable, refusal, usable
+from app.web.reuse import command_line, png_link
+from app.web.updates import merged
 from engine.errors import Interrupted, SettingsError, UserError
-from engine.jobs import NoteEvent, StepEvent, TokenEvent
+from engine.jobs import (
+    QUEUED,
+    NoteEvent,
+    ProgressEvent,
+    StageEvent,
+    StepEvent,
+    TokenEvent,
+)
+from engine.jsontext import parse_json_object
 from engine.load_options import LoadOptions
 from engine.lora.presets import list_presets, load_preset, save_preset, with_snippet
-from engine.jsontext import parse_json_object
 from engine.merge import merge_settings
 from engine.outputs import read_png_settings
 from engine.settings import GenerationSettings, size_presets
@@ -40,12 +50,23 @@ LOAD_FIELDS = ("text_encoder", "vae", "transformer_quantization", "text_encoder_
 EXTRA_FIELDS = ("mask_paint",)  # page values that feed a field (a mask painted on the page feeds `mask`)
 
 
+CUSTOM_SIZE = "custom"
+QUEUE_POLL = 0.5  # seconds between "queued" updates while a job waits for the GPU
+PANEL_GROUPS = {"size": "size_panel", "lora": "lora_panel", "control": "control_panel", "images": "images_panel",
+                "advanced": "advanced_panel"}  # field group -> the accordion that holds it
+
+
 def preset_choices() -> dict[str, tuple[int, int]]:
     out = {}
     for mp in (1.0, 2.0):
         for ratio, (w, h) in size_presets(mp).items():
             out[f"{ratio}  {w}x{h}  ({mp:g} MP)"] = (w, h)
     return out
+
+
+def preset_for(presets: dict, width, height) -> str:
+    """The preset label of a size, or "custom"."""
+    return next((label for label, size in presets.items() if size == (width, height)), CUSTOM_SIZE)
 
 
 def owner_of(request) -> str:
@@ -60,18 +81,38 @@ def user_of(request) -> str | None:
 class AppUI:
     """State and event handlers; `app.web.page.build_ui` lays out the page."""
 
-    def __init__(self, engine, output_dir="outputs", *, lock_model=None, exposed_without_auth=False):
+    def __init__(self, engine, output_dir="outputs", *, lock_model=None, exposed_without_auth=False, logins=False,
+                 cli_flags=()):
         self.engine = engine
         self.jobs = engine.jobs
         self.output_dir = Path(output_dir)
         types = [lock_model] if lock_model else sorted(engine.registry.types)
         self.types = types
-        self.first = "z_image" if "z_image" in types else types[0]
         self.exposed_without_auth = exposed_without_auth
         self.presets = preset_choices()
+        self.cli_flags = list(cli_flags)  # the running app's file flags, for "copy the command line"
         from engine.images.inputs import InputStore
 
         engine.inputs = InputStore(self.output_dir / "inputs")  # the page's input pictures, kept by content
+        # this browser's results and the outputs folder's earlier ones (app.web.history); with a page reachable
+        # from others without a login, the outputs folder is not browsable
+        self.history = History(self.output_dir, logins=logins, browsable=not exposed_without_auth)
+        self.first = self.first_type()
+
+    def first_type(self) -> str:
+        """The type the page starts on: z_image if its files are here, else the first type whose files are all
+        here, else z_image (or the first type)."""
+        usable = [t for t in self.types if self.caps(t).available and not first_run.missing(self.engine, t)]
+        for candidate in ("z_image", *usable):
+            if candidate in usable:
+                return candidate
+        return "z_image" if "z_image" in self.types else self.types[0]
+
+    def type_choices(self) -> list[tuple[str, str]]:
+        """(friendly name, id) per served type; a name two types share gets its id added."""
+        names = {t: self.engine.registry.get(t).name for t in self.types}
+        repeated = {n for n in names.values() if list(names.values()).count(n) > 1}
+        return [(f"{names[t]} ({t})" if names[t] in repeated else names[t], t) for t in self.types]
 
     # ---- model type -> controls ----------------------------------------------------------------
 
@@ -94,7 +135,7 @@ class AppUI:
         caps = self.caps(settings.model_type)
         updates = {}
         for spec in FIELDS:
-            kw = {"value": field_value(spec, settings), "visible": shown(spec, caps)}
+            kw = {"value": field_value(spec, settings), "visible": shown(spec, caps, settings)}
             if spec.bounds and spec.kind == "slider":
                 kw["minimum"], kw["maximum"] = self.bounds(spec, caps)
             if spec.choices:
@@ -111,30 +152,74 @@ class AppUI:
         return {"lora_panel": gr.update(visible=caps.loras), "control_panel": gr.update(visible=bool(caps.control_modes))}
 
     def describe(self, model_type) -> str:
+        """The type's name, id and description, and its files in one line (the first-run banner lists them)."""
         model_def = self.engine.registry.get(model_type)
         handler = self.engine.registry.handler(model_type)
-        lines = [f"**{model_def.name}**: {model_def.description}"]
+        lines = [f"**{model_def.name}** (`{model_type}`): {model_def.description}"]
         if not self.caps(model_type).available:
             lines.append("*Generation for this type arrives in a later version.*")
         lines += [f"- note: {note}" for note in model_def.ignored]
         try:
-            for s in handler.file_status(model_def, self.engine.locator):
-                where = f"present (`{s.path}`)" if s.path else f"to download ({human_size(s.size)})"
-                lines.append(f"- {s.component}: {where}" + (f" [{s.detail}]" if s.detail else ""))
+            statuses = handler.file_status(model_def, self.engine.locator, self.engine.options)
+            present = [f"{s.component.replace('_', ' ')} (`{Path(s.path).name}`)" + (f" [{s.detail}]" if s.detail else "")
+                       for s in statuses if s.path is not None]
+            missing = [s for s in statuses if s.path is None]
+            if present:
+                lines.append(f"- present: {', '.join(present)}")
+            if missing:
+                size = human_size(sum(s.size or 0 for s in missing))
+                lines.append(f"- to download ({size}): " + ", ".join(s.component.replace("_", " ") for s in missing))
         except UserError as exc:
             lines.append(f"- problem: {exc}")
         return "\n".join(lines)
 
+    def first_run(self, model_type) -> dict:
+        """The first-run banner for a type: shown with its download plans while files are missing."""
+        plans = first_run.plans(self.engine, model_type) if first_run.missing(self.engine, model_type) else []
+        if not plans:
+            return {"first_run": gr.update(visible=False)}
+        best = first_run.recommend(plans, first_run.gpu_memory(self.engine.device))
+        return {"first_run": gr.update(visible=True), "first_run_text": first_run.banner(self.engine, model_type, plans),
+                "download_kind": gr.update(choices=first_run.kind_choices(plans), value=best)}
+
+    def type_view(self, model_type, settings) -> dict:
+        """Everything that follows the model type: about, every field, the panels and their titles, the size
+        preset, the first-run banner."""
+        return merged(self.field_updates(settings), self.panel_updates(model_type), self.panel_titles(settings),
+                      self.first_run(model_type), {"about": self.describe(model_type),
+                                                   "size_preset": preset_for(self.presets, settings.width,
+                                                                             settings.height)})
+
+    def panel_titles(self, settings) -> dict:
+        """The closed panels say what is active in them: the size and count, the LoRAs in use."""
+        return {"size_panel": gr.update(label=size_title(settings.width, settings.height, settings.batch_size,
+                                                        settings.count)),
+                "lora_panel": gr.update(label=lora_title(settings.loras))}
+
+    def panels_to_open(self, settings) -> dict:
+        """The panels whose fields differ from the type's defaults (a restored PNG's LoRAs, control picture...)."""
+        defaults = merge_settings(self.engine, settings.model_type).settings
+        groups = {spec.group for spec in FIELDS if spec.group in PANEL_GROUPS
+                  and getattr(settings, spec.name) != getattr(defaults, spec.name)}
+        return {PANEL_GROUPS[g]: gr.update(open=True) for g in groups}
+
     def on_model(self, model_type, prompt="", store=None) -> dict:
-        """Switch type: its remembered settings or defaults, keeping the prompt the user is writing."""
+        """Switch type: its remembered settings or defaults, keeping the prompt the user is writing. The prompt
+        box is left alone unless a remembered prompt fills it: what was typed while the switch was on its way
+        is kept."""
         if model_type not in self.types:
             raise gr.Error(f"unknown model type {model_type!r}")
         settings = self.settings_for_type(model_type, prompt, store)
-        return {"about": self.describe(model_type), **self.field_updates(settings), **self.panel_updates(model_type)}
+        view = self.type_view(model_type, settings)
+        if settings.prompt == prompt:
+            view.pop("prompt", None)
+        return view
 
-    def on_load(self, model_type, store=None) -> dict:
-        """A page (re)opened: the settings this browser remembers for the selected type."""
-        return self.on_model(model_type if model_type in self.types else self.first, "", store)
+    def on_load(self, model_type, store=None, history=None, request: gr.Request = None) -> dict:
+        """A page (re)opened: the settings this browser remembers for the selected type, and its results."""
+        model_type = model_type if model_type in self.types else self.first
+        items, kept = self.history.gallery(self.history.session(history), user_of(request))
+        return {**self.on_model(model_type, "", store), "gallery": items, "history": kept, "info": status.IDLE}
 
     def on_preset(self, label) -> dict:
         if label not in self.presets:
@@ -142,23 +227,47 @@ class AppUI:
         width, height = self.presets[label]
         return {"width": width, "height": height}
 
+    def on_size(self, width, height, batch, count) -> dict:
+        """Width/height/batch/count changed: the preset that matches (or custom) and the panel's title."""
+        return {"size_preset": preset_for(self.presets, coerce_int(width), coerce_int(height)),
+                "size_panel": gr.update(label=size_title(width, height, batch, count))}
+
+    def on_lora_rows(self, rows) -> dict:
+        try:
+            loras = rows_to_loras(rows)
+        except (ValueError, TypeError):
+            loras = []
+        return {"lora_panel": gr.update(label=lora_title(loras))}
+
+    def on_control_mode(self, mode, model_type) -> dict:
+        """Options that belong to one control mode (canny thresholds, depth model) show with it only."""
+        caps = self.caps(model_type if model_type in self.types else self.first)
+        probe = _Probe(control_mode=mode)
+        return {spec.name: gr.update(visible=shown(spec, caps, probe)) for spec in FIELDS if spec.when}
+
     def on_restore(self, file) -> dict:
-        """Every setting from a PNG this app made. Its picture paths are anyone's text: they come back only
-        by the content rule (app.web.pictures), else they are dropped with a note."""
+        """Every setting from a PNG this app made (dropped on the page). Its picture paths are anyone's text:
+        they come back only by the content rule (app.web.pictures), else they are dropped with a note."""
         if file is None:
             return {}
+        return {**self.restore(getattr(file, "name", file)), "restore": None}  # empty: ready for the next drop
+
+    def restore(self, path, title: str = "") -> dict:
+        """The page showing a PNG's settings: its type, every field, the panels that hold changed values open."""
         with reported():
-            settings, record = read_png_settings(getattr(file, "name", file))
+            settings, record = read_png_settings(path)
             if settings.model_type not in self.types:
                 raise SettingsError(f"this PNG was made with model type {settings.model_type!r}, which this app "
                                     f"does not serve (here: {', '.join(self.types)})")
             base, dropped = keep_usable(settings.to_dict(), self.output_dir)
-            merged = merge_settings(self.engine, settings.model_type, base=base, record=record)
-            restored = merged.settings.validate()
-        for note in dropped + merged.notes:
+            found = merge_settings(self.engine, settings.model_type, base=base, record=record)
+            restored = found.settings.validate()
+        notes = dropped + found.notes
+        for note in notes:
             gr.Warning(note)
-        return {"model_type": gr.update(value=restored.model_type), "about": self.describe(restored.model_type),
-                **self.field_updates(restored), **self.panel_updates(restored.model_type)}
+        view = merged(self.type_view(restored.model_type, restored), self.panels_to_open(restored))
+        text = title or f"Settings restored from {Path(str(path)).name} (seed {restored.seed})."
+        return {"model_type": gr.update(value=restored.model_type), **view, "info": status.finished(text, notes)}
 
     # ---- LoRAs --------------------------------------------------------------------------------------
 
@@ -260,32 +369,49 @@ class AppUI:
     # ---- GPU actions ---------------------------------------------------------------------------
 
     def enhance_prompt(self, model_type, values: dict, request=None, progress=None) -> dict:
-        """The Enhance button: the new prompt (and the original) for the user to edit."""
+        """The Enhance button: the new prompt (and the original) for the user to edit. Only the text encoder is
+        loaded (and downloaded) for it when the model is not loaded already."""
         with reported(self):
             req = self.request(model_type, values)
-            progress(0, desc="Loading the text encoder")
             result = None
             for event in self.jobs.run(lambda ctx: self.engine.enhance(req, ctx.on_token), owner_of(request),
                                        "enhance"):
                 if isinstance(event, TokenEvent):
-                    progress(None, desc=f"Enhancing: {event.tokens} tokens, {event.per_second:.1f} tokens/s")
-                else:
+                    if progress is not None:
+                        progress(None, desc=f"Enhancing: {event.tokens} tokens, {event.per_second:.1f} tokens/s")
+                elif not isinstance(event, (StageEvent, ProgressEvent, NoteEvent)):
                     result = event
-            gr.Info(f"Prompt enhanced (seed {result.seed}); edit it if you like, then generate.")
-            return {"prompt": result.prompt, "original_prompt": result.original_prompt}
-        return {}  # stopped
+            text = f"Prompt enhanced (seed {result.seed}); edit it if you like, then generate."
+            gr.Info(text)
+            return {"prompt": result.prompt, "original_prompt": result.original_prompt,
+                    "info": status.finished(text)}
+        return {"info": status.finished("Stopped.")}
 
-    def generate(self, model_type, values: dict, request=None, progress=None, store=None):
-        """Generator of {name: value} frames (memory, then preview, gallery, info, used) while running;
-        `store` is the browser's remembered settings, which the first frame updates."""
-        with reported(self, stopped={"info": "Stopped."}) as outcome:
+    def generate(self, model_type, values: dict, request=None, progress=None, store=None, history=None):
+        """Generator of {name: value} frames: the browser's remembered settings first (`store` is its local
+        storage), then the job's state (queued, stages, steps with time left, previews) in the status area and on
+        the Generate button, then the results at the top of this browser's gallery (`history`: its entries).
+        An error stays in the status area (the same text, details on demand) and fails the event without a
+        toast."""
+        clock = status.Clock()
+        try:
+            yield from self._generate(model_type, values, request, store, history, clock)
+        except gr.Error as exc:
+            yield {**idle_buttons(), "preview": gr.update(visible=False),
+                   "info": status.error(exc.message, status.details("generate", model_type))}
+            raise gr.Error(exc.message, visible=False) from None
+
+    def _generate(self, model_type, values, request, store, history, clock):
+        with reported(self, stopped={**idle_buttons(), "preview": gr.update(visible=False),
+                                     "info": status.finished("Stopped.")}) as outcome:
+            yield {"info": status.running("Starting", clock), "generate": gr.update(value="Starting..."),
+                   "stop": gr.update(visible=True)}
             req = self.request(model_type, values)
             for note in req.notes:
                 gr.Info(note)
-            progress(0, desc="Loading model (and downloading missing files)")
             yield {"memory": memory.remember(store, req.settings, self.types)}
             outcome.settings = req.settings
-            yield from self._run(req, owner_of(request), progress)
+            yield from self._run(req, request, clock, history, list(req.notes))
         if outcome.stopped:
             yield outcome.stopped
 
@@ -297,34 +423,125 @@ class AppUI:
         ctx.stage("saving")
         return self.engine.save(results, self.output_dir), results
 
-    def _run(self, req, owner, progress):
+    def watch(self, work, owner, kind="generate", clock=None):
+        """Submit a job and follow it: ("queued", jobs ahead) while it waits, then its events, then its result
+        (its error re-raised). A caller that stops listening (a closed page) cancels it."""
+        job = self.jobs.submit(work, owner, kind)
+        try:
+            while job.state == QUEUED and not job.begun.wait(QUEUE_POLL if clock else None):
+                yield ("queued", self.jobs.position(job))
+            yield from job.events()
+            yield job.outcome()
+        finally:
+            if not job.done.is_set():
+                self.jobs.cancel(job.id, owner)
+
+    def _run(self, req, request, clock, history, notes):
         settings = req.settings
         total = settings.num_inference_steps * settings.count
-        started = last_preview = last_progress = time.perf_counter()
-        for event in self.jobs.run(lambda ctx: self._job(req, ctx), owner):
-            if isinstance(event, NoteEvent):
+        last_preview = last_progress = time.perf_counter()
+        for event in self.watch(lambda ctx: self._job(req, ctx), owner_of(request), clock=clock):
+            now = time.perf_counter()
+            if isinstance(event, tuple) and event and event[0] == "queued":
+                yield {"info": status.queued(event[1], clock), "generate": gr.update(value="Queued")}
+            elif isinstance(event, NoteEvent):
                 gr.Warning(event.message)
+                notes.append(event.message)
             elif isinstance(event, TokenEvent):
-                progress(None, desc=f"Enhancing the prompt: {event.tokens} tokens, {event.per_second:.1f} tokens/s")
+                text = f"Enhancing the prompt: {event.tokens} tokens, {event.per_second:.1f} tokens/s"
+                if now - last_progress >= PROGRESS_INTERVAL:
+                    last_progress = now
+                    yield {"info": status.running(text, clock), "generate": gr.update(value="Enhancing...")}
+            elif isinstance(event, StageEvent):
+                label = event.name[:1].upper() + event.name[1:]
+                yield {"info": status.running(label, clock), "generate": gr.update(value=label + "...")}
+            elif isinstance(event, ProgressEvent):
+                if now - last_progress >= PROGRESS_INTERVAL or event.done >= event.total:
+                    last_progress = now
+                    overall = event.overall or (event.done, event.total)
+                    text = status.download_stage(event.what, event.done, event.total, event.overall)
+                    yield {"info": status.running(text, clock, *overall, left=clock.left(*overall)),
+                           "generate": gr.update(value=event.what.split(":")[0].capitalize() + "...")}
             elif isinstance(event, StepEvent):
                 done = event.run * event.total + event.step + 1
-                if time.perf_counter() - last_progress >= PROGRESS_INTERVAL or done == total:
-                    last_progress = time.perf_counter()
-                    progress((done, total), desc=f"Batch {event.run + 1}/{settings.count}, step "
-                                                  f"{event.step + 1}/{event.total}")
-                if time.perf_counter() - last_preview >= PREVIEW_INTERVAL or done == total:
+                frame = {}
+                if now - last_progress >= PROGRESS_INTERVAL or done == total:
+                    last_progress = now
+                    left = clock.left(done, total)
+                    run = f" of image run {event.run + 1}/{settings.count}" if settings.count > 1 else ""
+                    stage = f"Step {event.step + 1}/{event.total}{run}"
+                    frame["info"] = status.running(stage, clock, done, total, left)
+                    frame["generate"] = gr.update(value=f"Step {done}/{total}"
+                                                  + (f" · {status.seconds(left)} left" if left is not None else ""))
+                if now - last_preview >= PREVIEW_INTERVAL or done == total:
                     # every step of a real model; fast toy steps would spend their time on pictures
-                    last_preview = time.perf_counter()
-                    yield {"preview": self.engine.preview(event.latents), "info": f"Step {done}/{total}"}
+                    last_preview = now
+                    frame["preview"] = gr.update(value=self.engine.preview(event.latents), visible=True)
+                if frame:
+                    yield frame
             elif isinstance(event, tuple):
-                paths, results = event
-                for note in dict.fromkeys(n for r in results for n in getattr(r, "notes", [])):
-                    gr.Info(note)  # e.g. a picture generated smaller and scaled back
-                seconds = time.perf_counter() - started
-                items = [(str(p), f"seed {r.settings.seed}") for p, r in zip(paths, results)]
-                seeds = ", ".join(str(r.settings.seed) for r in results[:: settings.batch_size])
-                yield {"gallery": items, "info": f"{len(paths)} image(s) in {seconds:.1f} s, seed(s) {seeds}",
-                       "used": results[0].settings.to_dict()}
+                yield self._finished(*event, clock, request, history, notes, settings)
+
+    def _finished(self, paths, results, clock, request, history, notes, settings) -> dict:
+        """The last frame: the new images at the top of this browser's results, the status, the first image
+        selected for the result actions."""
+        notes = notes + [n for r in results for n in getattr(r, "notes", [])]
+        for note in dict.fromkeys(n for r in results for n in getattr(r, "notes", [])):
+            gr.Info(note)  # e.g. a picture generated smaller and scaled back
+        user = user_of(request)
+        entries = self.history.session(history, list(reversed(self.history.record(paths, user))))
+        items, kept = self.history.gallery(entries, user)
+        seeds = ", ".join(str(r.settings.seed) for r in results[:: settings.batch_size])
+        text = f"{len(paths)} image(s) in {clock.elapsed():.1f} s, seed(s) {seeds}"
+        newest = items[0][0] if items else None
+        return {**idle_buttons(), "gallery": gr.update(value=items, selected_index=0 if items else None),
+                "history": kept, "preview": gr.update(value=None, visible=False),
+                "info": status.finished(text, list(dict.fromkeys(notes))), "used": results[-1].settings.to_dict(),
+                **self.result_view(newest, results[-1].settings)}
+
+    def result_view(self, path, settings=None) -> dict:
+        """The result actions' view of a picture (a Gradio cache copy): selected, its PNG link, its command."""
+        if not path:
+            return {"selected": None}
+        return {"selected": path, "result_link": png_link(path), "result_command": command_line(self, settings)}
+
+    def on_download(self, model_type, kind, request: gr.Request = None):
+        """The first-run banner's Download: the type's missing files of the chosen kind, as a job (Cancel stops
+        it), with per-file and total progress; then the banner goes and the type's files show as present."""
+        clock = status.Clock()
+        busy = {"download": gr.update(interactive=False), "download_cancel": gr.update(visible=True)}
+        idle = {"download": gr.update(interactive=True), "download_cancel": gr.update(visible=False)}
+        try:
+            with reported(self, stopped={**idle, "download_status": status.finished(
+                    "Download cancelled. Files already complete are kept; Download goes on with the rest.")}) as out:
+                self.served(model_type)
+                options = first_run.options_for(kind, first_run.choices_of(self.engine, model_type), self.engine.options) \
+                    if kind else self.engine.options
+                yield {**busy, "download_status": status.running("Starting the download", clock)}
+                last = 0.0
+                for event in self.watch(lambda ctx: self.engine.download(model_type, options), owner_of(request),
+                                        "download", clock):
+                    if isinstance(event, tuple) and event and event[0] == "queued":
+                        yield {"download_status": status.queued(event[1], clock)}
+                    elif isinstance(event, ProgressEvent) and (time.perf_counter() - last >= PROGRESS_INTERVAL
+                                                               or event.done >= event.total):
+                        last = time.perf_counter()
+                        overall = event.overall or (event.done, event.total)
+                        yield {"download_status": status.running(
+                            status.download_stage(event.what, event.done, event.total, event.overall), clock,
+                            *overall, left=clock.left(*overall))}
+                yield {**idle, "about": self.describe(model_type), **self.first_run(model_type),
+                       "download_status": status.finished(f"Downloaded in {status.seconds(clock.elapsed())}: "
+                                                          "ready to generate.")}
+            if out.stopped:
+                yield out.stopped
+        except gr.Error as exc:
+            yield {**idle, "download_status": status.error(exc.message, status.details("download", model_type))}
+            raise gr.Error(exc.message, visible=False) from None
+
+    def on_cancel_download(self, request: gr.Request = None):
+        if not self.jobs.stop(owner_of(request)):
+            gr.Info("No download of yours is running.")
 
     def control_map(self, model_type, values: dict, request=None):
         """The map the control model would follow (pose skeleton, edges, depth...), before generating."""
@@ -351,18 +568,16 @@ class AppUI:
         return f"Generation failed: {type(exc).__name__}: {exc}"
 
     def on_select(self, evt: gr.SelectData):
-        """The settings stored in the gallery image the user clicked. The click's data comes from the
-        browser: only Gradio's own copies (its upload and cache folder) are read."""
-        from gradio.utils import get_upload_folder
-
-        image = evt.value.get("image") if isinstance(evt.value, dict) else None
-        path = image.get("path") if isinstance(image, dict) else None
-        if not isinstance(path, str) or not Path(path).resolve().is_relative_to(Path(get_upload_folder()).resolve()):
-            return gr.skip()
+        """The settings stored in the gallery image the user clicked, and the result actions' view of it. The
+        click's data comes from the browser: only Gradio's own copies (its upload and cache folder) are read."""
+        path = cached_path(evt)
+        if path is None:
+            return {}
         try:
-            return read_png_settings(path)[0].to_dict()
+            settings = read_png_settings(path)[0]
         except UserError as exc:
-            return {"error": str(exc)}
+            return {"used": {"error": str(exc)}, "selected": path}
+        return {"used": settings.to_dict(), **self.result_view(path, settings)}
 
     def on_stop(self, request: gr.Request = None):
         if not self.jobs.stop(owner_of(request)):
@@ -387,12 +602,29 @@ class AppUI:
                                     changes={**extra, **uploads, "prompt": prompt})
             req = self.engine.prepare(merged.settings)
             *_, (paths, _results) = self.jobs.run(lambda ctx: self._job(req, ctx), owner_of(request))
+            self.history.record(paths, user_of(request))  # with logins: this user's pictures
             return [served_copy(p) for p in paths]
         raise gr.Error("stopped by the user")
 
     def api_stop(self, request: gr.Request = None) -> bool:
         """Stop the caller's running generation; True if one was running."""
         return self.jobs.stop(owner_of(request))
+
+
+def cached_path(evt) -> str | None:
+    """The path of the picture a gallery click names, if it is one of Gradio's own copies (its upload and cache
+    folder); None for anything else the browser may send."""
+    from gradio.utils import get_upload_folder
+
+    value = getattr(evt, "value", None)
+    image = value.get("image") if isinstance(value, dict) else None
+    path = image.get("path") if isinstance(image, dict) else None
+    if not isinstance(path, str) or "\0" in path:
+        return None
+    resolved = Path(path).resolve()
+    if not resolved.is_relative_to(Path(get_upload_folder()).resolve()) or not resolved.is_file():
+        return None
+    return str(resolved)
 
 
 def served_copy(path) -> FileData:
@@ -447,6 +679,48 @@ def field_value(spec, settings):
     return loras_to_rows(value) if spec.kind == "loras" else value
 
 
-def shown(spec, caps) -> bool:
-    return spec.kind != "hidden" and spec.visible(caps)
+def shown(spec, caps, settings=None) -> bool:
+    """Whether a field shows: the type offers it, and (for a mode's own options) its mode is chosen."""
+    if spec.kind == "hidden" or not spec.visible(caps):
+        return False
+    return spec.when is None or settings is None or bool(spec.when(settings))
 
+
+class _Probe:
+    """Stands in for settings when one field decides others' visibility (the control mode)."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
+def idle_buttons() -> dict:
+    """Generate back to its label, Cancel hidden (fresh update dicts: Gradio consumes the ones it sends)."""
+    return {"generate": gr.update(value=status.GENERATE), "stop": gr.update(visible=False)}
+
+
+def coerce_int(value) -> int | None:
+    try:
+        return int(round(float(value)))
+    except (TypeError, ValueError):
+        return None
+
+
+def size_title(width, height, batch, count) -> str:
+    """'Size and count: 1024x1024, 2 per batch, 3 batches' (what a closed panel says)."""
+    w, h, b, c = (coerce_int(v) for v in (width, height, batch, count))
+    parts = [f"{w}x{h}" if w and h else "size"]
+    if b and b > 1:
+        parts.append(f"{b} per batch")
+    if c and c > 1:
+        parts.append(f"{c} batches")
+    return "Size and count: " + ", ".join(parts)
+
+
+def lora_title(loras) -> str:
+    """'LoRAs: 2 active (ink 0.8, style 1)' or 'LoRAs: none active'."""
+    active = [x for x in loras or [] if x.get("strength")]
+    if not active:
+        return "LoRAs: none active"
+    names = ", ".join(f"{Path(x['name']).stem} {x['strength']:g}" for x in active[:4])
+    more = f" and {len(active) - 4} more" if len(active) > 4 else ""
+    return f"LoRAs: {len(active)} active ({names}{more})"

@@ -65,7 +65,7 @@ class ImageToLoraUI:
         if not recommended:
             return {"i2l_offer": gr.update(visible=False)}
         text = f"Use the settings {name} was made for: {self.describe(recommended)}"
-        gr.Info(f"{name} was made for {self.describe(recommended)}: the button under Memory sets them.")
+        gr.Info(f"{name} was made for {self.describe(recommended)}: the button in the LoRA panel sets them.")
         return {"i2l_offer": gr.update(visible=True, value=text)}
 
     def describe(self, recommended: dict) -> str:
@@ -85,8 +85,7 @@ class ImageToLoraUI:
             changes.pop("guidance_scale", None)
             gr.Warning(f"{target} runs without CFG: a positive-only LoRA then acts on every pass")
         settings = dataclasses.replace(settings, **{k: type(getattr(settings, k))(v) for k, v in changes.items()})
-        updates = {"model_type": gr.update(value=target), "about": self.app.describe(target),
-                   **self.app.field_updates(settings), **self.app.panel_updates(target),
+        updates = {"model_type": gr.update(value=target), **self.app.type_view(target, settings),
                    "i2l_offer": gr.update(visible=False)}
         updates["loras"] = gr.update(value=rows)  # the user's LoRA rows stay as they are
         return updates
@@ -99,8 +98,8 @@ def i2l_panel(app, page) -> None:
     if not hasattr(handler, "image_to_lora"):
         return
     ui = ImageToLoraUI(app)
-    offer = page.add("i2l_offer", gr.Button("Use the recommended settings", visible=False, size="sm",
-                                            elem_id="i2l-offer"))
+    offer = page.comps.get("i2l_offer") or page.add("i2l_offer", gr.Button(
+        "Use the recommended settings", visible=False, size="sm", elem_id="i2l-offer"))  # the LoRA panel's, if any
     with gr.Accordion("LoRA from images", open=False, elem_id="i2l-panel"):
         gr.Markdown("A style LoRA from 1 to 16 pictures in one pass, without training (DiffSynth-Studio's "
                     "Z-Image-i2L). It is written to the LoRA folder and made for **Z-Image base with CFG**, applied "
@@ -125,6 +124,7 @@ def i2l_panel(app, page) -> None:
     make.click(make_lora, [model, pictures, name, memory, both], [status, pick], show_progress_on=status, **GPU,
                **PRIVATE)
     pick.change(**page.wire(ui.on_pick, ["i2l_offer"]), inputs=[model, pick], **PRIVATE)
-    names = ["model_type", "about", *[spec.name for spec in FIELDS], "lora_panel", "control_panel", "i2l_offer"]
+    names = ["model_type", "about", *[spec.name for spec in FIELDS], "lora_panel", "control_panel", "size_panel",
+             "size_preset", "first_run", "first_run_text", "download_kind", "i2l_offer"]
     offer.click(**page.wire(ui.use_recommended, names), inputs=[model, page["prompt"], page["loras"], pick],
                 **PRIVATE)

@@ -8,7 +8,6 @@ Fields come from the field table (group "images"); a painted mask is turned into
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import gradio as gr
@@ -33,42 +32,17 @@ def build(app, page, fields) -> None:
             brush=gr.Brush(colors=["#ffffff"], color_mode="fixed")))
         fields("images")
         page["upscaler"].choices = [(n, n) for n in (*BUILTIN_UPSCALERS, *app.engine.upscalers.names())]
-        gr.Markdown("Click a result in the gallery, then:")
-        with gr.Row():
-            page.add("use_as_input", gr.Button("Use as input", size="sm", elem_id="use-as-input"))
-            page.add("inpaint_result", gr.Button("Inpaint", size="sm", elem_id="inpaint-result"))
-            page.add("upscale_result", gr.Button("Upscale", size="sm", elem_id="upscale-result"))
-        page.add("selected", gr.State(None))
     page["init_image"].upload(lambda path: path, page["init_image"], page["mask_paint"], **PRIVATE)
-
-
-def wire_results(app, page, inputs, value_names) -> None:
-    """The per-result actions, once the gallery exists."""
-    def select(evt: gr.SelectData):
-        value = evt.value if isinstance(evt.value, dict) else {}
-        return (value.get("image") or {}).get("path")
-
-    page["gallery"].select(select, None, page["selected"], **PRIVATE)
-    page["use_as_input"].click(**page.wire(lambda path: use_as_input(app, path), ["init_image", "images_panel"]),
-                               inputs=page["selected"], **PRIVATE)
-    page["inpaint_result"].click(**page.wire(lambda path: inpaint(app, path),
-                                             ["init_image", "mask_paint", "strength", "images_panel"]),
-                                 inputs=page["selected"], **PRIVATE)
-    model, selected = page["model_type"], page["selected"]
-
-    def upscale(data: dict, request: gr.Request):
-        return page.outputs(upscale_result(app, data[selected], data[model], page.values(data, value_names),
-                                           request))
-
-    page["upscale_result"].click(upscale, {*inputs, selected}, [page["gallery"], page["info"]], **GPU, **PRIVATE)
 
 
 def _result_path(app, path) -> str:
     """A gallery picture's path: only this app's outputs (or Gradio's copies of them) are accepted."""
+    from gradio.utils import get_upload_folder
+
     if not path:
         raise gr.Error("Click a result in the gallery first.")
     p = Path(str(path)).resolve()
-    allowed = [app.output_dir.resolve(), Path(tempfile.gettempdir()).resolve() / "gradio"]
+    allowed = [app.output_dir.resolve(), Path(get_upload_folder()).resolve()]
     if not p.is_file() or not any(p.is_relative_to(a) for a in allowed):
         raise gr.Error("That picture is not one of this page's results.")
     return str(p)
@@ -83,13 +57,18 @@ def inpaint(app, path) -> dict:
     return {"init_image": path, "mask_paint": path, "strength": 1.0, "images_panel": gr.update(open=True)}
 
 
-def upscale_result(app, path, model_type, values, request) -> dict:
-    """The clicked result upscaled by the panel's factor (2 if it is 1) and upscaler (no model pass)."""
-    from app.web.handlers import owner_of, reported
+def upscale_result(app, path, model_type, values, request, history=None, status_name="info") -> dict:
+    """The clicked result upscaled by the panel's factor (2 if it is 1) and upscaler (no model pass); it joins
+    the top of this browser's results (`history`: its entries)."""
+    from app.web import status
+    from app.web.handlers import owner_of, reported, user_of
     from engine.merge import merge_settings
     from engine.outputs import read_png_settings
 
-    path = _result_path(app, path)
+    try:
+        path = _result_path(app, path)
+    except gr.Error as exc:
+        return {status_name: status.error(exc.message, status.details("upscale"))}
     with reported(app):
         try:
             base = read_png_settings(path)[0].to_dict()
@@ -106,6 +85,10 @@ def upscale_result(app, path, model_type, values, request) -> dict:
         req = app.engine.prepare(settings)
         *_, (paths, results) = app.jobs.run(lambda ctx: app._job(req, ctx), owner_of(request), "upscale")
         size = results[0].image.size
-        return {"gallery": [(str(p), f"upscaled {size[0]}x{size[1]}") for p in paths],
-                "info": f"Upscaled to {size[0]}x{size[1]} with {settings.upscaler}"}
+        user = user_of(request)
+        entries = app.history.session(history, app.history.record(paths, user))
+        items, kept = app.history.gallery(entries, user)
+        text = f"Upscaled to {size[0]}x{size[1]} with {settings.upscaler}"
+        return {"gallery": gr.update(value=items, selected_index=0 if items else None), "history": kept,
+                "info": status.finished(text), "tabs": gr.Tabs(selected="generate")}
     return {}

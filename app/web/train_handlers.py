@@ -125,7 +125,7 @@ class TrainUI:
             return {}
         names = self.engine.lora_library(self.app.first).names()
         return {**self.app.on_add_lora(name, rows), "lora_pick": gr.update(choices=names, value=name),
-                "lora_panel": gr.update(open=True)}
+                "lora_panel": gr.update(open=True), "tabs": gr.Tabs(selected="generate")}
 
 
 class _View:

@@ -110,5 +110,5 @@ def _wire(ui: TrainUI, page, load, upload, save, start, stop) -> None:
 
     start.click(train, inputs, [page[n] for n in frame_names], show_progress_on=page["train_info"], **GPU, **PRIVATE)
     stop.click(ui.on_stop_training, None, None, queue=False, **PRIVATE)
-    page["train_use"].click(**page.wire(ui.use_it, ["loras", "lora_pick", "lora_panel"]),
+    page["train_use"].click(**page.wire(ui.use_it, ["loras", "lora_pick", "lora_panel", "tabs"]),
                             inputs=[page["train_result"], page["loras"]], **PRIVATE)

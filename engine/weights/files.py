@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import DownloadError, ModelDefinitionError, ModelFileError
+from engine.errors import DownloadError, Interrupted, ModelDefinitionError, ModelFileError, UserError
 
 _HUB_URL = re.compile(r"^https://huggingface\.co/([^/]+/[^/]+)/(resolve|tree|blob)/([^/]+)/(.+?)/?$")
 
@@ -100,22 +100,37 @@ class FileLocator:
                 return path
         return self.comfyui_path(list(comfyui_names))
 
-    def download(self, ref: FileRef, size: int | None = None, patterns: list[str] = ()) -> Path:
-        """Fetch a hub file (resumable, with a progress bar) or the listed files of a hub folder."""
+    def target(self, ref: FileRef) -> Path:
+        """Where a hub file or folder lands (absolute, so messages say exactly where)."""
+        return (Path(self.checkpoints) / ref.path).resolve() if ref.is_hub else Path(ref.text).expanduser().resolve()
+
+    def is_offline(self) -> bool:
+        return self.offline or os.environ.get("HF_HUB_OFFLINE") == "1"
+
+    def download(self, ref: FileRef, size: int | None = None, patterns: list[str] = (), progress=None) -> Path:
+        """Fetch a hub file (with a progress bar) or the listed files of a hub folder. `progress(done, total)`
+        is called with the bytes received so far; an exception it raises (Stop) ends the download, leaving no
+        partial file under the final name. The hub is huggingface.co, or the one HF_ENDPOINT names."""
         if not ref.is_hub:
             raise ModelFileError(ref.text, "file or folder not found")
-        target = self.checkpoints / ref.path
+        target = self.target(ref)
         try:
-            if self.offline or os.environ.get("HF_HUB_OFFLINE") == "1":
+            if self.is_offline():
                 raise OSError("offline mode (HF_HUB_OFFLINE=1)")
             from huggingface_hub import hf_hub_download, snapshot_download
 
             self.checkpoints.mkdir(parents=True, exist_ok=True)
+            hub = {"endpoint": os.environ["HF_ENDPOINT"]} if os.environ.get("HF_ENDPOINT") else {}
+            if progress is not None:
+                hub["tqdm_class"] = _reporting_bar(progress)
             if ref.folder:
                 allow = [f"{ref.path}/{p}" for p in patterns] or [f"{ref.path}/*"]
-                snapshot_download(ref.repo, revision=ref.revision, allow_patterns=allow, local_dir=self.checkpoints)
+                snapshot_download(ref.repo, revision=ref.revision, allow_patterns=allow, local_dir=self.checkpoints,
+                                  **{k: v for k, v in hub.items() if k != "tqdm_class"})
                 return target
-            return Path(hf_hub_download(ref.repo, ref.path, revision=ref.revision, local_dir=self.checkpoints))
+            return Path(hf_hub_download(ref.repo, ref.path, revision=ref.revision, local_dir=self.checkpoints, **hub))
+        except (UserError, Interrupted):  # Interrupted: Stop, raised by `progress`
+            raise
         except Exception as exc:
             what = "folder" if ref.folder else "file"
             size_text = f" ({human_size(size)})" if size else ""
@@ -123,6 +138,26 @@ class FileLocator:
                 f"could not download the {what} {ref.path} from {ref.repo}{size_text}: {first_line(exc)}. "
                 f"Download it from {ref.text} yourself and put it at {target}, or point the model JSON or "
                 "--comfyui-models at your copy.") from None
+
+
+def missing_line(ref: FileRef, size: int | None, target: Path) -> str:
+    """'the file X (12.3 GB) from https://... -> /abs/target'."""
+    what = "folder" if ref.folder else "file"
+    size_text = f" ({human_size(size)})" if size else ""
+    return f"the {what} {ref.filename}{size_text} from {ref.text} (to {target})"
+
+
+def _reporting_bar(report):
+    """A tqdm class for huggingface_hub's downloads that tells `report(done, total)` each chunk received."""
+    from tqdm.std import tqdm
+
+    class ReportingBar(tqdm):
+        def update(self, n=1):
+            shown = super().update(n)
+            report(int(self.n), int(self.total) if self.total else None)
+            return shown
+
+    return ReportingBar
 
 
 def _first_match(folder: Path, pattern: str) -> Path | None:

@@ -8,8 +8,9 @@ from pathlib import Path
 from engine.weights import formats
 from engine.weights import quantization as Q
 from engine.capabilities import Capabilities
-from engine.errors import ModelFileError, SettingsError, UserError
-from engine.weights.files import FileLocator, parse_ref
+from engine import jobs
+from engine.errors import DownloadError, ModelFileError, SettingsError, UserError
+from engine.weights.files import FileLocator, missing_line, parse_ref
 from engine.load_options import LoadOptions
 from engine.settings import GenerationSettings
 from models.z_image import keys as K
@@ -208,17 +209,41 @@ class ZImageHandler:
                 return folder
         return None
 
-    def fetch(self, model_def, locator: FileLocator, options: LoadOptions | None = None) -> dict[str, Path]:
-        """Every component's path, downloading what is missing."""
+    def fetch(self, model_def, locator: FileLocator, options: LoadOptions | None = None,
+              components=None) -> dict[str, Path]:
+        """Every component's path (or those in `components`), downloading what is missing: "downloading file k
+        of n" with its bytes and the total reported to the running job (engine.jobs), where Stop cancels it.
+        Offline, or when a download fails, the message names every file still missing and where it goes."""
         from models.z_image.loader import TOKENIZER_FILES
 
-        paths = {}
-        for status in self.file_status(model_def, locator, options):
-            if status.path is None:
-                ref = parse_ref(status.source)
-                status.path = locator.download(ref, status.size, TOKENIZER_FILES if ref.folder else ())
-            paths[status.component] = status.path
-        return paths
+        statuses = [s for s in self.file_status(model_def, locator, options)
+                    if components is None or s.component in components]
+        missing = [s for s in statuses if s.path is None]
+        refs = {s.component: parse_ref(s.source) for s in missing}
+        total = sum(s.size or 0 for s in missing)
+        if missing and locator.is_offline():
+            raise DownloadError(missing_files_message(missing, refs, locator, "offline mode (HF_HUB_OFFLINE=1)"))
+        done_before = 0
+        for k, status in enumerate(missing, 1):
+            ref = refs[status.component]
+            what = f"downloading file {k} of {len(missing)}: {ref.filename}"
+
+            def report(done, size, what=what, before=done_before, expected=status.size or 0):
+                size = size or expected  # the hub's size once it answers, else the model JSON's
+                jobs.progress(done, size, what, (before + done, max(total - expected + size, before + done)))
+
+            report(0, status.size)
+            try:
+                status.path = locator.download(ref, status.size, TOKENIZER_FILES if ref.folder else (), report)
+            except DownloadError as exc:
+                if len(missing) - k == 0:
+                    raise
+                raise DownloadError(f"{exc} Still missing as well: "
+                                    + "; ".join(missing_line(refs[s.component], s.size, locator.target(
+                                        refs[s.component])) for s in missing[k:])) from None
+            done_before += _size(status.path) or status.size or 0
+            total = max(total, done_before)
+        return {s.component: s.path for s in statuses}
 
     # ---- load and run -------------------------------------------------------------------------
 
@@ -240,6 +265,7 @@ class ZImageHandler:
             raise UserError(f"{model_def.type} is a control model type but names no control module: add "
                             "\"modules\" (the Fun-ControlNet-Union file) to its model JSON")
         paths = self.fetch(model_def, locator, options)
+        jobs.stage("loading the model")
         transformer = loader.load_transformer(paths["transformer"], model_def.config, dtype, device)
         if CAPABILITIES[model_def.architecture].unified_sampler and not hasattr(transformer, "t_embedder_2"):
             raise ModelFileError(paths["transformer"], "this is not a TwinFlow transformer: it has no second time "
@@ -266,6 +292,24 @@ class ZImageHandler:
         if "control" in paths:
             model.control = _load_control(paths["control"], model, locator, dtype)
         return model
+
+    def load_encoder(self, model_def, locator: FileLocator, dtype, device, options: LoadOptions | None = None):
+        """Only the text encoder and tokenizer (what the prompt enhancer needs), downloading only those: an
+        object with `.encoder` (models.z_image.text.PromptEncoder) and `.placement`."""
+        from types import SimpleNamespace
+
+        from engine.placement.offload import Placement
+        from models.z_image import loader
+        from models.z_image.text import PromptEncoder
+
+        options = options or LoadOptions()
+        paths = self.fetch(model_def, locator, options, components=("text_encoder", "tokenizer"))
+        jobs.stage("loading the text encoder")
+        text_encoder = loader.load_text_encoder(paths["text_encoder"], dtype)
+        text_encoder.to(options.text_encoder_device or device)
+        encoder = PromptEncoder(text_encoder, loader.load_tokenizer(paths["tokenizer"]))
+        return SimpleNamespace(model_type=model_def.type, encoder=encoder, placement=Placement(None),
+                               files={k: str(v) for k, v in paths.items()})
 
     def quantize(self, model_def, locator: FileLocator, components, folder: Path) -> list[QuantizedFile]:
         """Write INT8 (quanto, Wan2GP's layout) copies of the components' bf16 files into `folder`
@@ -506,6 +550,24 @@ def _check_fit(paths, transformer, text_encoder, vae) -> None:
     if scale != VAE_SCALE:
         raise ModelFileError(paths["vae"], f"VAE scales images down {scale}x; Z-Image needs a {VAE_SCALE}x "
                                            "(Flux-style) VAE")
+
+
+def _size(path) -> int | None:
+    try:
+        return path.stat().st_size if path is not None and path.is_file() else None
+    except OSError:
+        return None
+
+
+def missing_files_message(missing, refs, locator: FileLocator, why: str) -> str:
+    """One message naming every missing file: what, its size, where it comes from and where it goes."""
+    lines = "; ".join(f"{s.component}: {missing_line(refs[s.component], s.size, locator.target(refs[s.component]))}"
+                      for s in missing)
+    total = sum(s.size or 0 for s in missing)
+    from engine.weights.files import human_size
+
+    return (f"{len(missing)} file(s) missing ({human_size(total)} in all) and not downloadable now ({why}): {lines}. "
+            "Download them to those places, or point the model JSON or --comfyui-models at your copies.")
 
 
 HANDLER = ZImageHandler()

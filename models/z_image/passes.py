@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine import numerics
+from engine import jobs, numerics
 from engine.sampling.samplers import SAMPLERS
 from engine.sampling.strength import noised, steps_to_run, truncate
 from engine.settings import GenerationSettings
@@ -43,6 +43,7 @@ class Conditioning:
         return self.memory.stage(name) if self.memory is not None else nullcontext()
 
     def decode(self, latents: torch.Tensor) -> list:
+        jobs.stage("decoding")
         with self.stage("decoding"):
             return self.tools.decode(self.model, latents)
 

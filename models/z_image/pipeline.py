@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import torch
 
-from engine import numerics
+from engine import jobs, numerics
 from engine.lora.apply import cfg_batch, scheduled
 from engine.placement.memory import MemoryMonitor, log_report
 from engine.sampling.samplers import SAMPLERS
@@ -198,6 +198,7 @@ def generate(model: ZImageModel, settings: GenerationSettings, callback=None, up
     work = images_in.prepare(model, settings, upscalers)
     with_negative = settings.cfg_on or settings.nag_on
     prompts = [settings.prompt] + ([settings.negative_prompt] if with_negative else [])
+    jobs.stage("encoding the prompt")
     with memory.stage("text encoding"):
         # the text encoder may sit on a device of its own (LoadOptions.text_encoder_device)
         feats = [f.to(model.device) for f in model.encoder.encode(prompts, settings.text_hidden_layer)]
