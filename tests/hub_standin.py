@@ -42,27 +42,27 @@ class StandInHub:
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
 
-            def do_HEAD(self):
+            def _answer(self, method):
+                """Headers for the file asked for: (key, data), or None after a 404."""
                 key, data = self._file()
-                hub.requests.append(("HEAD", self.path))
+                hub.requests.append((method, self.path))
                 if data is None:
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
-                    return
+                    return None
                 self.send_response(200)
                 self._headers(key, data)
+                return key, data
+
+            def do_HEAD(self):
+                self._answer("HEAD")
 
             def do_GET(self):
-                key, data = self._file()
-                hub.requests.append(("GET", self.path))
-                if data is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                found = self._answer("GET")
+                if found is None:
                     return
-                self.send_response(200)
-                self._headers(key, data)
+                key, data = found
                 step = hub.chunk if key in hub.slow else len(data) or 1
                 try:
                     for start in range(0, len(data), step):

@@ -570,13 +570,9 @@ class AppUI:
     def on_select(self, evt: gr.SelectData):
         """The settings stored in the gallery image the user clicked, and the result actions' view of it. The
         click's data comes from the browser: only Gradio's own copies (its upload and cache folder) are read."""
-        path = cached_path(evt)
-        if path is None:
-            return {}
-        try:
-            settings = read_png_settings(path)[0]
-        except UserError as exc:
-            return {"used": {"error": str(exc)}, "selected": path}
+        path, settings, error = clicked_png(evt)
+        if path is None or error:
+            return {"used": {"error": error}, "selected": path} if error else {}
         return {"used": settings.to_dict(), **self.result_view(path, settings)}
 
     def on_stop(self, request: gr.Request = None):
@@ -625,6 +621,18 @@ def cached_path(evt) -> str | None:
     if not resolved.is_relative_to(Path(get_upload_folder()).resolve()) or not resolved.is_file():
         return None
     return str(resolved)
+
+
+def clicked_png(evt) -> tuple:
+    """A gallery click: (Gradio's copy of the picture, its stored settings, None), or (path, None, why the
+    settings could not be read), or (None, None, None) when the click names none of Gradio's copies."""
+    path = cached_path(evt)
+    if path is None:
+        return None, None, None
+    try:
+        return path, read_png_settings(path)[0], None
+    except UserError as exc:
+        return path, None, str(exc)
 
 
 def served_copy(path) -> FileData:

@@ -10,8 +10,7 @@ import html
 import gradio as gr
 
 from app.web import results
-from app.web.handlers import cached_path, user_of
-from engine.errors import UserError
+from app.web.handlers import clicked_png, user_of
 
 PRIVATE = dict(api_visibility="private")
 ALL_DAYS = "all days"
@@ -45,15 +44,9 @@ class HistoryBrowser:
 
     def on_history_select(self, evt: gr.SelectData) -> dict:
         """An image clicked: its settings and the actions' view of it (only Gradio's own copies are read)."""
-        from engine.outputs import read_png_settings
-
-        path = cached_path(evt)
-        if path is None:
-            return {}
-        try:
-            settings = read_png_settings(path)[0]
-        except UserError as exc:
-            return {"hist_used": {"error": str(exc)}, "hist_selected": path}
+        path, settings, error = clicked_png(evt)
+        if path is None or error:
+            return {"hist_used": {"error": error}, "hist_selected": path} if error else {}
         view = self.app.result_view(path, settings)
         return {"hist_used": settings.to_dict(), "hist_selected": path, "hist_link": view.get("result_link", ""),
                 "hist_command": view.get("result_command", ""),
