@@ -12,6 +12,7 @@ from pathlib import Path
 from engine import wan2gp
 from engine.errors import ModelDefinitionError, SettingsError
 from engine.settings import GenerationSettings, parse_resolution
+from engine.weights.files import as_list
 
 log = logging.getLogger("zimage.registry")
 
@@ -54,13 +55,11 @@ class ModelDef:
     def files(self, field: str) -> list:
         """The file references a component field lists (JSON keys are Wan2GP's: "URLs" lists the
         transformer's files, "modules" a control module's), alternatives in order."""
-        value = self.model.get(field)
-        return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+        return as_list(self.model.get(field))
 
     def comfyui_files(self, field: str) -> list:
         """Names of the component inside a ComfyUI models/ folder."""
-        value = self.model.get("comfyui", {}).get(field)
-        return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+        return as_list(self.model.get("comfyui", {}).get(field))
 
 
 class Registry:

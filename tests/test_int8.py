@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from engine.weights import formats
 from engine.weights import quantization as Q
 from engine.engine import Engine
 from engine.errors import ModelFileError, UserError
@@ -233,9 +234,9 @@ def test_kind_from_header_when_the_name_says_nothing(wan2gp_type, tmp_path):
     _, _, tr, _ = wan2gp_type
     renamed = tmp_path / "my_model.safetensors"
     renamed.write_bytes(tr.read_bytes())
-    assert Q.kind_of(renamed.name, renamed) == "int8"
-    assert Q.kind_of("ZImageTurbo_quanto_bf16_int8.safetensors") == "int8"
-    assert Q.kind_of("ZImageTurbo_bf16.safetensors") == "bf16"
+    assert formats.kind_of(renamed.name, renamed) == "int8"
+    assert formats.kind_of("ZImageTurbo_quanto_bf16_int8.safetensors") == "int8"
+    assert formats.kind_of("ZImageTurbo_bf16.safetensors") == "bf16"
     assert Q.int8_file_name("ZImageTurbo_bf16.safetensors") == "ZImageTurbo_quanto_bf16_int8.safetensors"
 
 

@@ -78,12 +78,6 @@ class InputStore:
                 return path
         return None
 
-    def contains(self, path) -> bool:
-        try:
-            return Path(path).resolve().parent == self.folder.resolve()
-        except OSError:
-            return False
-
 
 def record_inputs(settings, store: InputStore | None):
     """Settings whose input pictures are stored (paths pointing at the copies) and recorded by sha256 and

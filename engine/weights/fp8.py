@@ -220,7 +220,3 @@ def assign(model, fp8: FP8Plan, tensors: dict, path) -> dict:
                 value = None  # ComfyUI: a unit input scale means "not calibrated"
             setattr(module, attr, value)
     return rest
-
-
-def fp8_modules_of(model) -> list[str]:
-    return [n for n, m in model.named_modules() if type(m).__name__ == "FP8Linear"]

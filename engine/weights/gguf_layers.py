@@ -113,11 +113,3 @@ def tie_head(model, embed_name: str = "model.embed_tokens", head_name: str = "lm
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-def resident_bytes(model) -> int:
-    """Bytes a model holds, quantized blocks counted as stored."""
-    total, seen = 0, set()
-    for t in [*model.parameters(), *model.buffers()]:
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
-    return total

@@ -24,7 +24,6 @@ if TYPE_CHECKING:  # torch and quanto are imported where used: header checks and
 
 DATA, SCALE = ".weight._data", ".weight._scale"
 ACTIVATION_SCALES = ("input_scale", "output_scale")
-INT8_NAME_MARKERS = ("int8", "quanto")
 
 
 # ---- reading a file's header ------------------------------------------------------------------
@@ -217,12 +216,3 @@ def int8_file_name(source_name: str) -> str:
             stem = stem[: -len(suffix)]
             break
     return f"{stem}_quanto_bf16_int8.safetensors"
-
-
-# ---- which alternative a file is ----------------------------------------------------------------
-
-def kind_of(name: str, path: Path | None = None) -> str:
-    """The kind of a file ("int8", "bf16", "fp8", "gguf", "nunchaku"): see engine.weights.formats."""
-    from engine.weights.formats import kind_of as file_kind
-
-    return file_kind(name, path)

@@ -60,13 +60,6 @@ def encode_mode(model, pix: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_sample(model, pix: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """[1, 3, H, W] -> [1, 16, H/8, W/8]: a sample of the distribution (drawn from `generator`, as diffusers'
-    img2img and inpaint pipelines do), as the transformer sees it."""
-    return to_model(model, latent_dist(model, pix).sample(generator))
-
-
-@torch.no_grad()
 def decode(model, latents: torch.Tensor) -> list:
     """Latents [B, 16, h, w] -> PIL images, as diffusers' VaeImageProcessor post-processes them."""
     from PIL import Image
