@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import threading
 import time
@@ -138,3 +139,15 @@ class Logins:
             for client, _ in sorted(self._clients.items(), key=lambda kv: kv[1].last_failure)[
                     : len(self._clients) - MAX_CLIENTS]:
                 del self._clients[client]
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this computer reaches: 127.0.0.0/8, ::1 (bracketed or with a %zone too) and
+    localhost in any case."""
+    host = host.strip().strip("[]").split("%")[0].lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

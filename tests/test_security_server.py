@@ -526,9 +526,10 @@ def test_failed_logins_are_throttled_per_client(models, logins_file, tmp_path):
 
 
 def test_listen_warning_only_for_addresses_others_reach(models, tmp_path, capsys):
-    from app.web.launch import is_loopback
+    from app.auth import is_loopback
 
-    assert all(map(is_loopback, ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST"]))
+    assert all(map(is_loopback, ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST",
+                                  "::1%lo"]))
     assert not any(map(is_loopback, ["0.0.0.0", "::", "192.168.1.20", "example.com", ""]))
     demo, _ = start(tmp_path, models, "--server-name", "LOCALHOST")
     demo.close()

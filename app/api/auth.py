@@ -12,12 +12,12 @@ import base64
 import binascii
 import hashlib
 import hmac
-import ipaddress
 from pathlib import Path
 from typing import Callable
 
 from starlette.requests import Request
 
+from app.auth import is_loopback
 from engine.errors import SettingsError
 
 LOCAL_OWNER = "local"  # every caller's name when no login is configured (this computer only)
@@ -133,9 +133,3 @@ class ApiAuth:
                 return user
         return None
 
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:
-        return host == "localhost"

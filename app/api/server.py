@@ -17,7 +17,7 @@ from engine.errors import UserError
 
 def host_for(args, auth, say=print) -> str:
     """The address to bind: 127.0.0.1 unless asked otherwise, and never anything else without a login."""
-    from app.api.auth import is_loopback
+    from app.auth import is_loopback
 
     host = args.server_name or ("0.0.0.0" if args.listen else "127.0.0.1")
     if auth.enabled:

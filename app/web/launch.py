@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from pathlib import Path
 
@@ -33,24 +32,13 @@ def add(parser) -> None:
     api_flags(g)
 
 
-def is_loopback(host: str) -> bool:
-    """True for addresses only this computer reaches (127.0.0.0/8, ::1, localhost in any case)."""
-    host = host.strip().strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def launch(args, block: bool = True):
     """Serve the UI; with block=False (tests) return the running Blocks instead of waiting."""
     from starlette.middleware import Middleware
 
     from app.api.mount import page_lifespan
 
-    from app.auth import Logins
+    from app.auth import Logins, is_loopback
     from app.setup import make_engine
     from app.web.guard import Guard, current_client
     from app.web.page import build_ui
