@@ -599,7 +599,7 @@ class AppUI:
             req = self.engine.prepare(merged.settings)
             *_, (paths, _results) = self.jobs.run(lambda ctx: self._job(req, ctx), owner_of(request))
             self.history.record(paths, user_of(request))  # with logins: this user's pictures
-            return [served_copy(p) for p in paths]
+            return [FileData(path=self.history.served(p), orig_name=Path(p).name) for p in paths]
         raise gr.Error("stopped by the user")
 
     def api_stop(self, request: gr.Request = None) -> bool:
@@ -633,15 +633,6 @@ def clicked_png(evt) -> tuple:
         return path, read_png_settings(path)[0], None
     except UserError as exc:
         return path, None, str(exc)
-
-
-def served_copy(path) -> FileData:
-    """An API result as the caller downloads it: a copy in Gradio's cache under a hash of its content (the
-    outputs folder itself is not served: its names, date and seed, are easy to guess)."""
-    from gradio.processing_utils import save_file_to_cache
-    from gradio.utils import get_upload_folder
-
-    return FileData(path=save_file_to_cache(str(path), get_upload_folder()), orig_name=Path(path).name)
 
 
 def upload_path(value) -> str:

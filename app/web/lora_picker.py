@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 
 from app.web.fields import rows_to_loras
-from app.web.handlers import lora_title, reported, user_of
+from app.web.handlers import reported, user_of
 from engine.errors import UserError
 from engine.lora.presets import list_presets
 
@@ -216,7 +216,3 @@ def _wire(app, picker, page, sliders, load, save, name, snippet) -> None:
                 positive.input(lambda v, r, n=lora: set_row(r, n, 3, bool(v)), [positive, loras], loras, **FAST)
                 remove.click(lambda r, n=lora: [x for x in (r or []) if str(x[0] or "").strip() != n], loras, loras,
                              **FAST)
-
-
-def title_for(rows) -> str:
-    return lora_title(rows_to_loras(rows))

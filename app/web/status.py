@@ -107,8 +107,3 @@ def details(action: str, model_type: str | None = None, extra: str = "") -> str:
     if extra:
         lines.append(extra)
     return "\n".join(lines)
-
-
-def button(label: str) -> dict:
-    """The Generate button's label while a job runs (a dict for gr.update)."""
-    return {"value": label}
