@@ -33,35 +33,45 @@ QUIET = 900.0  # seconds without a failure after which a client starts afresh
 MAX_CLIENTS = 10000  # records kept at most (the oldest go first)
 
 
+def read_pairs(path, flag: str, form: str) -> list[tuple[str, str]]:
+    """The (where, line) of each NAME:SECRET line of a credentials file given with `flag` (blank lines and
+    # comments skipped; a UTF-8 byte order mark, as Windows editors write, is not part of the first name)."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise SettingsError(f"{flag} {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise SettingsError(f"{flag} {path} line {line}: not UTF-8 text; save the file as UTF-8") from None
+    lines = [(f"{flag} {path} line {n}", line.strip()) for n, line in enumerate(text.splitlines(), 1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise SettingsError(f"{flag} {path}: no {form} lines in it")
+    return lines
+
+
+def split_pairs(lines, form: str, noun: str) -> list[tuple[str, str, str]]:
+    """(where, name, secret) of NAME:SECRET lines; a name given twice is an error."""
+    pairs, where_given = [], {}
+    for where, line in lines:
+        name, sep, secret = line.partition(":")
+        name = name.strip()
+        if not sep or not name or not secret:
+            raise SettingsError(f"{where}: expected {form}")
+        if name in where_given:
+            raise SettingsError(f"{where}: {noun} {name!r} is given again (first in {where_given[name]}); give "
+                                f"each {noun} once")
+        where_given[name] = where
+        pairs.append((where, name, secret))
+    return pairs
+
+
 def parse_logins(auth: str | None, auth_file: str | None) -> list[tuple[str, str]]:
-    """USER:PASSWORD pairs from --auth and --auth-file (blank lines and # comments skipped; a UTF-8 byte
-    order mark, as Windows editors write, is not part of the first name). A user given twice is an error."""
+    """USER:PASSWORD pairs from --auth and --auth-file. A user given twice is an error."""
     lines = [("--auth", auth)] if auth else []
     if auth_file:
-        try:
-            text = Path(auth_file).read_bytes().decode("utf-8-sig")
-        except OSError as exc:
-            raise SettingsError(f"--auth-file {auth_file}: cannot read it ({exc.strerror})") from None
-        except UnicodeDecodeError as exc:
-            line = exc.object[: exc.start].count(b"\n") + 1
-            raise SettingsError(f"--auth-file {auth_file} line {line}: not UTF-8 text; save the file as UTF-8") \
-                from None
-        lines += [(f"{auth_file} line {n}", line.strip()) for n, line in enumerate(text.splitlines(), 1)
-                  if line.strip() and not line.lstrip().startswith("#")]
-        if len(lines) == (1 if auth else 0):
-            raise SettingsError(f"--auth-file {auth_file}: no USER:PASSWORD lines in it")
-    logins, where_given = [], {}
-    for where, line in lines:
-        user, sep, password = line.partition(":")
-        user = user.strip()
-        if not sep or not user or not password:
-            raise SettingsError(f"{where}: expected USER:PASSWORD")
-        if user in where_given:
-            raise SettingsError(f"{where}: user {user!r} is given again (first in {where_given[user]}); give each "
-                                "user once")
-        where_given[user] = where
-        logins.append((user, password))
-    return logins
+        lines += read_pairs(auth_file, "--auth-file", "USER:PASSWORD")
+    return [(user, password) for _, user, password in split_pairs(lines, "USER:PASSWORD", "user")]
 
 
 @dataclass

@@ -222,11 +222,14 @@ def test_logins_and_keys_compare_digests(tmp_path):
     keys = ApiKeys.from_file(path)
     assert keys.owner(KEY) == "robot" and keys.owner("k" * 20) == "other" and keys.owner("k" * 19) is None
     for text, words in (("robot\n", "expected NAME:KEY"), ("robot:short\n", "shorter than 20"),
-                        (f"a:{KEY}\na:{KEY}x\n", "listed twice"), (f"a:{KEY}\nb:{KEY}\n", "another name's"),
-                        ("# nothing\n", "no NAME:KEY lines")):
+                        (f"a:{KEY}\na:{KEY}x\n", "name 'a' is given again .first in .* line 1"),
+                        (f"a:{KEY}\nb:{KEY}\n", "another name's"), ("# nothing\n", "no NAME:KEY lines")):
         path.write_text(text)
         with pytest.raises(SettingsError, match=words):
             ApiKeys.from_file(path)
+    path.write_bytes(f"a:{KEY}\n".encode() + b"b:\xff" + KEY.encode() + b"\n")  # a Latin-1 byte on line 2
+    with pytest.raises(SettingsError, match="line 2: not UTF-8 text"):
+        ApiKeys.from_file(path)
 
 
 # ---- next to the page ---------------------------------------------------------------------------------

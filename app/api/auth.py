@@ -12,12 +12,11 @@ import base64
 import binascii
 import hashlib
 import hmac
-from pathlib import Path
 from typing import Callable
 
 from starlette.requests import Request
 
-from app.auth import is_loopback
+from app.auth import is_loopback, read_pairs, split_pairs
 from engine.errors import SettingsError
 
 LOCAL_OWNER = "local"  # every caller's name when no login is configured (this computer only)
@@ -48,31 +47,17 @@ class ApiKeys:
 
     @classmethod
     def from_file(cls, path) -> "ApiKeys":
-        try:
-            text = Path(path).read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SettingsError(f"--api-key-file {path}: cannot read it ({exc})") from None
         keys, seen = {}, set()
-        for n, line in enumerate(text.splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            name, sep, key = line.partition(":")
-            name, key = name.strip(), key.strip()
-            where = f"--api-key-file {path} line {n}"
-            if not sep or not name or not key:
-                raise SettingsError(f"{where}: expected NAME:KEY")
+        lines = read_pairs(path, "--api-key-file", "NAME:KEY")
+        for where, name, key in split_pairs(lines, "NAME:KEY", "name"):
+            key = key.strip()
             if len(key) < MIN_KEY_LENGTH:
                 raise SettingsError(f"{where}: the key of {name!r} is shorter than {MIN_KEY_LENGTH} characters "
                                     "(make one: python -c \"import secrets; print(secrets.token_urlsafe(32))\")")
-            if name in keys:
-                raise SettingsError(f"{where}: {name!r} is listed twice")
             if key in seen:
                 raise SettingsError(f"{where}: this key is already another name's")
             keys[name] = key
             seen.add(key)
-        if not keys:
-            raise SettingsError(f"--api-key-file {path}: no NAME:KEY lines in it")
         return cls(keys)
 
     def owner(self, key: str) -> str | None:
