@@ -488,16 +488,21 @@ class AppUI:
         notes = notes + [n for r in results for n in getattr(r, "notes", [])]
         for note in dict.fromkeys(n for r in results for n in getattr(r, "notes", [])):
             gr.Info(note)  # e.g. a picture generated smaller and scaled back
+        shown, newest = self.add_results(paths, request, history)
+        seeds = ", ".join(str(r.settings.seed) for r in results[:: settings.batch_size])
+        text = f"{len(paths)} image(s) in {clock.elapsed():.1f} s, seed(s) {seeds}"
+        return {**idle_buttons(), **shown, "preview": gr.update(value=None, visible=False),
+                "info": status.finished(text, list(dict.fromkeys(notes))), "used": results[-1].settings.to_dict(),
+                **self.result_view(newest, results[-1].settings)}
+
+    def add_results(self, paths, request, history) -> tuple[dict, str | None]:
+        """New results (`paths`, newest last) recorded and put at the top of this browser's gallery, newest first
+        and selected (`history`: its entries): ({"gallery", "history"} updates, the newest one's cache copy)."""
         user = user_of(request)
         entries = self.history.session(history, list(reversed(self.history.record(paths, user))))
         items, kept = self.history.gallery(entries, user)
-        seeds = ", ".join(str(r.settings.seed) for r in results[:: settings.batch_size])
-        text = f"{len(paths)} image(s) in {clock.elapsed():.1f} s, seed(s) {seeds}"
-        newest = items[0][0] if items else None
-        return {**idle_buttons(), "gallery": gr.update(value=items, selected_index=0 if items else None),
-                "history": kept, "preview": gr.update(value=None, visible=False),
-                "info": status.finished(text, list(dict.fromkeys(notes))), "used": results[-1].settings.to_dict(),
-                **self.result_view(newest, results[-1].settings)}
+        return ({"gallery": gr.update(value=items, selected_index=0 if items else None), "history": kept},
+                items[0][0] if items else None)
 
     def result_view(self, path, settings=None) -> dict:
         """The result actions' view of a picture (a Gradio cache copy): selected, its PNG link, its command."""
