@@ -115,7 +115,7 @@ class LocalBackend:
             view.position = self.queue.position(job)
         event = job.last_event
         if isinstance(event, StepEvent):  # the last step reported (running, or where it stopped)
-            view.step = event.run * event.total + event.step + 1
+            view.step = event.done
         if isinstance(job.result, Finished):
             view.images, view.notes, view.step = job.result.images, job.result.notes, view.steps
         if job.error is not None:

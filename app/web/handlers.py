@@ -463,7 +463,7 @@ class AppUI:
                     yield {"info": status.running(text, clock, *overall, left=clock.left(*overall)),
                            "generate": gr.update(value=event.what.split(":")[0].capitalize() + "...")}
             elif isinstance(event, StepEvent):
-                done = event.run * event.total + event.step + 1
+                done = event.done
                 frame = {}
                 if now - last_progress >= PROGRESS_INTERVAL or done == total:
                     last_progress = now
