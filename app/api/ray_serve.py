@@ -168,13 +168,9 @@ class RayBackend:
         elif kind == "failed":
             self._end(job, "failed", item[2])
         elif kind == "done":
-            from app.api.backend import Image
-            from engine.outputs import write_png_bytes
+            from app.api.backend import write_images
 
-            def write():
-                return [Image(write_png_bytes(r.png, r.seed, self.outputs), r.settings) for r in item[1]]
-
-            job.images = await asyncio.get_running_loop().run_in_executor(None, write)
+            job.images = await asyncio.get_running_loop().run_in_executor(None, write_images, item[1], self.outputs)
             job.step = job.steps
             self._end(job, "done")
 
