@@ -274,13 +274,6 @@ class AppUI:
     def lora_folder(self, model_type):
         return self.engine.lora_library(model_type).root
 
-    def on_refresh_loras(self, model_type, request: gr.Request = None) -> dict:
-        """Re-read the LoRA folder and presets (files added since start-up appear)."""
-        with reported():
-            names = self.engine.lora_library(self.served(model_type)).names()
-        return {"lora_pick": gr.update(choices=names, value=None),
-                "preset_pick": gr.update(choices=list_presets(self.lora_folder(model_type), user_of(request)))}
-
     def on_add_lora(self, name, rows, model_type=None) -> dict:
         """The picked LoRA as a new row; positive-only ticked when its file asks for it (image-to-LoRA ones)."""
         rows = [r for r in (rows or []) if r and str(r[0] or "").strip()]
