@@ -12,7 +12,6 @@ from pathlib import Path
 
 import gradio as gr
 
-from app.web.masks import mask_value, painted_mask  # noqa: F401 (the panel's mask helpers)
 from engine.errors import UserError
 from engine.settings import BUILTIN_UPSCALERS
 
