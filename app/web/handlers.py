@@ -16,6 +16,7 @@ import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 from gradio.data_classes import FileData
@@ -242,7 +243,7 @@ class AppUI:
     def on_control_mode(self, mode, model_type) -> dict:
         """Options that belong to one control mode (canny thresholds, depth model) show with it only."""
         caps = self.caps(model_type if model_type in self.types else self.first)
-        probe = _Probe(control_mode=mode)
+        probe = SimpleNamespace(control_mode=mode)  # stands in for settings: the mode decides what shows
         return {spec.name: gr.update(visible=shown(spec, caps, probe)) for spec in FIELDS if spec.when}
 
     def on_restore(self, file) -> dict:
@@ -690,13 +691,6 @@ def shown(spec, caps, settings=None) -> bool:
     if spec.kind == "hidden" or not spec.visible(caps):
         return False
     return spec.when is None or settings is None or bool(spec.when(settings))
-
-
-class _Probe:
-    """Stands in for settings when one field decides others' visibility (the control mode)."""
-
-    def __init__(self, **values):
-        self.__dict__.update(values)
 
 
 def idle_buttons() -> dict:
