@@ -32,6 +32,11 @@ class StepEvent:
     total: int  # steps per run
     latents: object  # [B, C, h, w] after this step
 
+    @property
+    def done(self) -> int:
+        """Steps done over all runs, this one included."""
+        return self.run * self.total + self.step + 1
+
 
 @dataclass
 class TokenEvent:

@@ -12,6 +12,7 @@ gr = pytest.importorskip("gradio")
 
 from app.web import images_panel  # noqa: E402
 from app.web.handlers import AppUI  # noqa: E402
+from app.web.masks import mask_value, painted_mask  # noqa: E402
 from engine.outputs import read_png_settings  # noqa: E402
 from tests.test_ui import FakeProgress, FakeRequest, client, gallery, server, values_for  # noqa: E402,F401
 
@@ -51,8 +52,8 @@ def test_painted_mask_inpaints_and_keeps_the_rest(engine, tmp_path, photo):
     assert mask[:, :128].min() == 255 and mask[:, 128:].max() == 0
     got, original = np.asarray(Image.open(out), dtype=int), np.asarray(Image.open(photo), dtype=int)
     assert np.array_equal(got[:, 128:], original[:, 128:]) and np.abs(got[:, :128] - original[:, :128]).max() > 10
-    assert images_panel.painted_mask({"background": None, "layers": [], "composite": None}) is None
-    assert images_panel.mask_value(engine, None, str(photo)) == str(photo)  # an uploaded mask file
+    assert painted_mask({"background": None, "layers": [], "composite": None}) is None
+    assert mask_value(engine, None, str(photo)) == str(photo)  # an uploaded mask file
 
 
 def test_result_actions_and_restore(engine, tmp_path, photo):

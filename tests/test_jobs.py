@@ -210,6 +210,8 @@ def test_events_stream_then_result_and_errors_reach_the_caller():
 
     items = list(jobs.run(work, owner="x"))
     assert [e.step for e in items if isinstance(e, StepEvent)] == [0, 1, 2] and items[-1] == 42
+    assert [e.done for e in items if isinstance(e, StepEvent)] == [1, 2, 3]
+    assert StepEvent(run=2, step=1, total=4, latents=None).done == 10  # runs 0 and 1 done, then 2 steps of run 2
 
     def broken(ctx):
         raise ValueError("bad thing")

@@ -1,6 +1,8 @@
 """The Train panel: built into the page, dataset upload and caption editing, a run streaming progress, loss and
 samples to the page, Stop from the same session, bad input as a readable error, and "Use it"."""
 
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
@@ -66,8 +68,10 @@ def test_a_run_streams_progress_loss_samples_then_use_it(ui, inputs):
     last = frames[-1]
     assert last["train_result"] == "ui.safetensors" and "**Done:** `ui.safetensors`" in last["train_info"]
     assert list(last["train_loss"]["step"]) == [1, 2, 3, 4]
-    (image, caption), = last["train_samples"]
-    assert isinstance(image, Image.Image) and caption == "step 4: zzt"
+    (image, caption), = last["train_samples"]  # the sample's PNG path: the gallery reads and caches it once
+    assert Path(image).is_relative_to(ui.training_dir / "ui") and caption == "step 4: zzt"
+    assert Image.open(image).format == "PNG"
+    assert sum("train_samples" in f for f in frames) == 2  # when the samples came, and with the result
     assert any("Step **4/4**" in f.get("train_info", "") for f in frames)
     used = ui.use_it("ui.safetensors", [["other.safetensors", 0.5, "", False]])
     assert used["loras"] == [["other.safetensors", 0.5, "", False], ["ui.safetensors", 1.0, "", False]]

@@ -359,9 +359,10 @@ def test_auth_file_parsing(tmp_path):
 
 def test_lora_panel_lists_folder_and_applies_picked_loras(lora_engine, tmp_path):
     from app.web.fields import rows_to_loras
+    from app.web.lora_picker import LoraPicker
 
     app = AppUI(lora_engine, tmp_path / "out")
-    choices = app.on_refresh_loras("z_image_tiny_test")["lora_pick"]["choices"]
+    choices = LoraPicker(app).on_refresh_cards("z_image_tiny_test")["lora_pick"]["choices"]  # the page's Refresh
     assert choices == ["kohya.safetensors", "sub/fused.safetensors"]
     rows = app.on_add_lora("sub/fused.safetensors", [["", None, ""]])["loras"]
     assert rows == [["sub/fused.safetensors", 1.0, "", False]]

@@ -64,6 +64,13 @@ class Notes:
         self._ctx.report(event)
 
 
+def write_images(rendered, outputs) -> list[Image]:
+    """The finished PNG files (engine.render's Rendered), written atomically into the outputs folder."""
+    from engine.outputs import write_png_bytes
+
+    return [Image(write_png_bytes(r.png, r.seed, outputs), r.settings) for r in rendered]
+
+
 def in_process(engine):
     """The work of a job run by this process's engine."""
     from engine.render import render
@@ -87,18 +94,12 @@ class LocalBackend:
             notes = list(request.notes)
             rendered = self.runner(Notes(ctx, notes), request)
             ctx.stage("saving")
-            return Finished(self.write(rendered), notes)
+            return Finished(write_images(rendered, self.outputs), notes)
 
         s = request.settings
         job = self.queue.submit(work, owner, "api", affinity=s.model_type, retries=self.retries)
         job.steps = s.num_inference_steps * s.count
         return job.id
-
-    def write(self, rendered) -> list[Image]:
-        """The finished PNG files, written atomically into the outputs folder."""
-        from engine.outputs import write_png_bytes
-
-        return [Image(write_png_bytes(r.png, r.seed, self.outputs), r.settings) for r in rendered]
 
     def _job(self, job_id: str, owner: str):
         job = self.queue.get(job_id)
@@ -115,7 +116,7 @@ class LocalBackend:
             view.position = self.queue.position(job)
         event = job.last_event
         if isinstance(event, StepEvent):  # the last step reported (running, or where it stopped)
-            view.step = event.run * event.total + event.step + 1
+            view.step = event.done
         if isinstance(job.result, Finished):
             view.images, view.notes, view.step = job.result.images, job.result.notes, view.steps
         if job.error is not None:

@@ -53,7 +53,7 @@ class ImageWorker:
         self.engine = factory(device)
 
     async def run(self, request):
-        """Stream: ("started", pid), ("step", run, step, total)..., then ("done", [Rendered]) or ("failed", user
+        """Stream: ("started", pid), ("step", steps done over all runs)..., then ("done", [Rendered]) or ("failed", user
         error?, text). Cancelling the call (the client's DELETE) stops the job at its next step."""
         from engine.jobs import NoteEvent, StepEvent
         from engine.render import render
@@ -64,7 +64,7 @@ class ImageWorker:
         try:
             while (event := await loop.run_in_executor(None, next, events, end)) is not end:
                 if isinstance(event, StepEvent):
-                    yield ("step", event.run, event.step, event.total)
+                    yield ("step", event.done)
                 elif isinstance(event, NoteEvent):
                     yield ("note", event.message)
         except (asyncio.CancelledError, GeneratorExit):
@@ -162,20 +162,15 @@ class RayBackend:
         if kind == "started":
             job.state, job.worker_pid, job.step = "running", item[1], 0
         elif kind == "step":
-            _, run, step, total = item
-            job.step = run * total + step + 1
+            job.step = item[1]
         elif kind == "note":
             job.notes.append(item[1])
         elif kind == "failed":
             self._end(job, "failed", item[2])
         elif kind == "done":
-            from app.api.backend import Image
-            from engine.outputs import write_png_bytes
+            from app.api.backend import write_images
 
-            def write():
-                return [Image(write_png_bytes(r.png, r.seed, self.outputs), r.settings) for r in item[1]]
-
-            job.images = await asyncio.get_running_loop().run_in_executor(None, write)
+            job.images = await asyncio.get_running_loop().run_in_executor(None, write_images, item[1], self.outputs)
             job.step = job.steps
             self._end(job, "done")
 

@@ -90,7 +90,7 @@ def cmd_train(args) -> int:
 
 def _follow(job) -> None:
     from engine.jobs import NoteEvent, StageEvent
-    from engine.training.events import TrainCheckpoint, TrainProgress, TrainSamples
+    from engine.training.events import TrainCheckpoint, TrainProgress, TrainSamples, clock
 
     for event in job.events():
         if isinstance(event, TrainProgress):
@@ -106,7 +106,3 @@ def _follow(job) -> None:
             sys.stderr.write(f"{event.name} ...\n")
         sys.stderr.flush()
 
-
-def clock(seconds: float) -> str:
-    seconds = int(round(max(0.0, seconds)))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -16,6 +16,7 @@ import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 from gradio.data_classes import FileData
@@ -242,7 +243,7 @@ class AppUI:
     def on_control_mode(self, mode, model_type) -> dict:
         """Options that belong to one control mode (canny thresholds, depth model) show with it only."""
         caps = self.caps(model_type if model_type in self.types else self.first)
-        probe = _Probe(control_mode=mode)
+        probe = SimpleNamespace(control_mode=mode)  # stands in for settings: the mode decides what shows
         return {spec.name: gr.update(visible=shown(spec, caps, probe)) for spec in FIELDS if spec.when}
 
     def on_restore(self, file) -> dict:
@@ -273,13 +274,6 @@ class AppUI:
 
     def lora_folder(self, model_type):
         return self.engine.lora_library(model_type).root
-
-    def on_refresh_loras(self, model_type, request: gr.Request = None) -> dict:
-        """Re-read the LoRA folder and presets (files added since start-up appear)."""
-        with reported():
-            names = self.engine.lora_library(self.served(model_type)).names()
-        return {"lora_pick": gr.update(choices=names, value=None),
-                "preset_pick": gr.update(choices=list_presets(self.lora_folder(model_type), user_of(request)))}
 
     def on_add_lora(self, name, rows, model_type=None) -> dict:
         """The picked LoRA as a new row; positive-only ticked when its file asks for it (image-to-LoRA ones)."""
@@ -463,7 +457,7 @@ class AppUI:
                     yield {"info": status.running(text, clock, *overall, left=clock.left(*overall)),
                            "generate": gr.update(value=event.what.split(":")[0].capitalize() + "...")}
             elif isinstance(event, StepEvent):
-                done = event.run * event.total + event.step + 1
+                done = event.done
                 frame = {}
                 if now - last_progress >= PROGRESS_INTERVAL or done == total:
                     last_progress = now
@@ -488,16 +482,21 @@ class AppUI:
         notes = notes + [n for r in results for n in getattr(r, "notes", [])]
         for note in dict.fromkeys(n for r in results for n in getattr(r, "notes", [])):
             gr.Info(note)  # e.g. a picture generated smaller and scaled back
+        shown, newest = self.add_results(paths, request, history)
+        seeds = ", ".join(str(r.settings.seed) for r in results[:: settings.batch_size])
+        text = f"{len(paths)} image(s) in {clock.elapsed():.1f} s, seed(s) {seeds}"
+        return {**idle_buttons(), **shown, "preview": gr.update(value=None, visible=False),
+                "info": status.finished(text, list(dict.fromkeys(notes))), "used": results[-1].settings.to_dict(),
+                **self.result_view(newest, results[-1].settings)}
+
+    def add_results(self, paths, request, history) -> tuple[dict, str | None]:
+        """New results (`paths`, newest last) recorded and put at the top of this browser's gallery, newest first
+        and selected (`history`: its entries): ({"gallery", "history"} updates, the newest one's cache copy)."""
         user = user_of(request)
         entries = self.history.session(history, list(reversed(self.history.record(paths, user))))
         items, kept = self.history.gallery(entries, user)
-        seeds = ", ".join(str(r.settings.seed) for r in results[:: settings.batch_size])
-        text = f"{len(paths)} image(s) in {clock.elapsed():.1f} s, seed(s) {seeds}"
-        newest = items[0][0] if items else None
-        return {**idle_buttons(), "gallery": gr.update(value=items, selected_index=0 if items else None),
-                "history": kept, "preview": gr.update(value=None, visible=False),
-                "info": status.finished(text, list(dict.fromkeys(notes))), "used": results[-1].settings.to_dict(),
-                **self.result_view(newest, results[-1].settings)}
+        return ({"gallery": gr.update(value=items, selected_index=0 if items else None), "history": kept},
+                items[0][0] if items else None)
 
     def result_view(self, path, settings=None) -> dict:
         """The result actions' view of a picture (a Gradio cache copy): selected, its PNG link, its command."""
@@ -683,13 +682,6 @@ def shown(spec, caps, settings=None) -> bool:
     if spec.kind == "hidden" or not spec.visible(caps):
         return False
     return spec.when is None or settings is None or bool(spec.when(settings))
-
-
-class _Probe:
-    """Stands in for settings when one field decides others' visibility (the control mode)."""
-
-    def __init__(self, **values):
-        self.__dict__.update(values)
 
 
 def idle_buttons() -> dict:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import gradio as gr
 
-from app.web.masks import mask_value, painted_mask  # noqa: F401 (the panel's mask helpers)
 from engine.errors import UserError
 from engine.settings import BUILTIN_UPSCALERS
 
@@ -61,7 +60,7 @@ def upscale_result(app, path, model_type, values, request, history=None, status_
     """The clicked result upscaled by the panel's factor (2 if it is 1) and upscaler (no model pass); it joins
     the top of this browser's results (`history`: its entries)."""
     from app.web import status
-    from app.web.handlers import owner_of, reported, user_of
+    from app.web.handlers import owner_of, reported
     from engine.merge import merge_settings
     from engine.outputs import read_png_settings
 
@@ -85,10 +84,7 @@ def upscale_result(app, path, model_type, values, request, history=None, status_
         req = app.engine.prepare(settings)
         *_, (paths, results) = app.jobs.run(lambda ctx: app._job(req, ctx), owner_of(request), "upscale")
         size = results[0].image.size
-        user = user_of(request)
-        entries = app.history.session(history, app.history.record(paths, user))
-        items, kept = app.history.gallery(entries, user)
+        shown, _ = app.add_results(paths, request, history)
         text = f"Upscaled to {size[0]}x{size[1]} with {settings.upscaler}"
-        return {"gallery": gr.update(value=items, selected_index=0 if items else None), "history": kept,
-                "info": status.finished(text), "tabs": gr.Tabs(selected="generate")}
+        return {**shown, "info": status.finished(text), "tabs": gr.Tabs(selected="generate")}
     return {}

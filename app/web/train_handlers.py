@@ -16,6 +16,7 @@ import gradio as gr
 from app.web.handlers import owner_of, reported
 from engine.errors import Interrupted, UserError
 from engine.jobs import NoteEvent, StageEvent
+from engine.training.events import clock
 
 FRAME_INTERVAL = 0.25  # seconds between page updates at most while training
 UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".txt")
@@ -129,7 +130,8 @@ class TrainUI:
 
 
 class _View:
-    """Turns a run's events into page frames, at most every FRAME_INTERVAL (samples and the end at once)."""
+    """Turns a run's events into page frames, at most every FRAME_INTERVAL (samples and the end at once). The
+    samples gallery goes out only when it changed: the gallery caches every picture it is sent."""
 
     def __init__(self, total: int):
         self.total, self.steps, self.losses, self.gallery = total, [], [], []
@@ -138,12 +140,12 @@ class _View:
     def frame(self, event, force=False) -> dict:
         from engine.training.events import TrainCheckpoint, TrainProgress, TrainResult, TrainSamples
 
-        urgent = force
+        urgent, samples = force, False
         if isinstance(event, TrainProgress):
             self.steps.append(event.step)
             self.losses.append(event.loss)
             self.line = (f"Step **{event.step}/{event.total}** · loss {event.loss:.4f} · {event.seconds_per_step:.2f} "
-                         f"s/step · ETA {_clock(event.eta_seconds)} · {event.bucket[0]}x{event.bucket[1]}")
+                         f"s/step · ETA {clock(event.eta_seconds)} · {event.bucket[0]}x{event.bucket[1]}")
             urgent = event.step == event.total
         elif isinstance(event, StageEvent):
             self.line, urgent = f"{event.name[:1].upper()}{event.name[1:]} ...", True
@@ -153,17 +155,15 @@ class _View:
         elif isinstance(event, TrainCheckpoint):
             self.notes.append(f"checkpoint at step {event.step}: `{event.lora}`")
         elif isinstance(event, TrainSamples):
-            from PIL import Image
-
-            self.gallery += [(Image.open(p).copy(), f"step {event.step}: {prompt}") for p, prompt in event.images]
-            urgent = True
+            self.gallery += [(str(p), f"step {event.step}: {prompt}") for p, prompt in event.images]
+            urgent = samples = True
         elif isinstance(event, TrainResult):
             return self.result(event)
         if not urgent and time.perf_counter() - self.last < FRAME_INTERVAL:
             return {}
         self.last = time.perf_counter()
-        return {"train_info": self.line + "".join(f"\n\n{n}" for n in self.notes[-4:]),
-                "train_loss": self.plot(), "train_samples": list(self.gallery)}
+        frame = {"train_info": self.line + "".join(f"\n\n{n}" for n in self.notes[-4:]), "train_loss": self.plot()}
+        return {**frame, "train_samples": list(self.gallery)} if samples else frame
 
     def plot(self):
         import pandas as pd
@@ -176,7 +176,3 @@ class _View:
         return {"train_info": text, "train_loss": self.plot(), "train_samples": list(self.gallery),
                 "train_result": result.lora_name, "train_use": gr.update(visible=True)}
 
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(max(0.0, seconds)))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

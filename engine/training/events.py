@@ -38,3 +38,9 @@ class TrainResult:
     run_dir: Path  # checkpoints and samples
     samples: list[tuple[int, Path, str]] = field(default_factory=list)  # (step, PNG, prompt)
     notes: list[str] = field(default_factory=list)
+
+
+def clock(seconds: float) -> str:
+    """A duration as H:MM:SS (the ETA the front-ends show)."""
+    seconds = int(round(max(0.0, seconds)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
