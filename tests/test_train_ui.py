@@ -68,8 +68,12 @@ def test_a_run_streams_progress_loss_samples_then_use_it(ui, inputs):
     last = frames[-1]
     assert last["train_result"] == "ui.safetensors" and "**Done:** `ui.safetensors`" in last["train_info"]
     assert list(last["train_loss"]["step"]) == [1, 2, 3, 4]
-    (image, caption), = last["train_samples"]  # the sample's PNG path: the gallery reads and caches it once
-    assert Path(image).is_relative_to(ui.training_dir / "ui") and caption == "step 4: zzt"
+    (image, caption), = last["train_samples"]  # a cache copy of the sample's PNG (the training folder is not served)
+    from gradio.utils import get_upload_folder
+
+    samples = list((ui.training_dir / "ui").rglob("*.png"))
+    assert Path(image).resolve().is_relative_to(Path(get_upload_folder()).resolve()) and caption == "step 4: zzt"
+    assert len(samples) == 1 and Path(image).read_bytes() == samples[0].read_bytes()
     assert Image.open(image).format == "PNG"
     assert sum("train_samples" in f for f in frames) == 2  # when the samples came, and with the result
     assert any("Step **4/4**" in f.get("train_info", "") for f in frames)

@@ -104,7 +104,7 @@ class TrainUI:
             s = self.settings(values)
             options = self.engine.options.replace(
                 transformer_quantization=values.get("train_base") or self.engine.options.transformer_quantization)
-            view = _View(s.steps)
+            view = _View(s.steps, self.app.history.served)
             yield {"train_info": f"Starting **{s.name}** ...", "train_result": "", "train_use": gr.update(visible=False)}
             try:
                 for event in self.jobs.run(lambda ctx: self.engine.train_lora(s, ctx, options), owner_of(request),
@@ -131,10 +131,12 @@ class TrainUI:
 
 class _View:
     """Turns a run's events into page frames, at most every FRAME_INTERVAL (samples and the end at once). The
-    samples gallery goes out only when it changed: the gallery caches every picture it is sent."""
+    samples gallery goes out only when it changed: the gallery caches every picture it is sent. Samples are
+    shown as Gradio cache copies (`served`), as every other picture: the training folder is not served."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, served):
         self.total, self.steps, self.losses, self.gallery = total, [], [], []
+        self.served = served
         self.line, self.notes, self.last = "", [], 0.0
 
     def frame(self, event, force=False) -> dict:
@@ -155,7 +157,7 @@ class _View:
         elif isinstance(event, TrainCheckpoint):
             self.notes.append(f"checkpoint at step {event.step}: `{event.lora}`")
         elif isinstance(event, TrainSamples):
-            self.gallery += [(str(p), f"step {event.step}: {prompt}") for p, prompt in event.images]
+            self.gallery += [(self.served(p), f"step {event.step}: {prompt}") for p, prompt in event.images]
             urgent = samples = True
         elif isinstance(event, TrainResult):
             return self.result(event)
