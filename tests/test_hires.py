@@ -96,9 +96,14 @@ def test_tile_control_upscale_in_tiles(tile_engine, picture, monkeypatch):
                                  init_image=str(picture), control_image=str(picture), control_mode="raw",
                                  upscale=1.5, strength=1.0)
     model = tile_engine.load("z_image_control_tiny_test")
+    from engine.images import io
+
+    loads, real = [], io.load_rgb
+    monkeypatch.setattr(io, "load_rgb", lambda path, what, *a, **k: loads.append(what) or real(path, what, *a, **k))
     blocks = model.control.blocks_run
     controlled = np.asarray(tile_engine.generate(s)[0].image, dtype=int)
     assert model.control.blocks_run - blocks == 4 * 2 * model.control.spec.blocks_per_pass  # 4 tiles x 2 steps
+    assert loads.count("control image") == 1  # read once for the request, not once per tile
     free = np.asarray(tile_engine.generate(dataclasses.replace(s, control_image=""))[0].image, dtype=int)
     assert controlled.shape == free.shape == (384, 384, 3)
     assert np.abs(controlled - free).max() > 10  # each tile follows its crop of the control picture
