@@ -23,7 +23,12 @@ class ModelFileError(UserError):
 
 
 class DownloadError(UserError):
-    """A file could not be fetched from the hub."""
+    """A file could not be fetched from the hub; `reason`: why, in one line (offline, the hub's answer...), for a
+    caller that words its own message."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason
 
 
 class Interrupted(Exception):

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from engine.errors import SettingsError, UserError
+from engine.publish import publish_new
 from engine.settings import GenerationSettings
 
 PNG_KEY = "zimage_settings"
@@ -53,27 +54,11 @@ def write_png_bytes(data: bytes, seed: int, target: Path) -> Path:
 
 
 def _publish(tmp: Path, folder: Path, stem: str) -> Path:
-    """Give the finished file its name without ever replacing an existing file: a hard link fails when the
-    name is taken; where hard links are missing, the name is first claimed by an exclusive create (which
-    also fails when taken), then the finished file replaces that empty claim of ours."""
-    links = True
-    for n in range(10000):
-        final = folder / (f"{stem}.png" if n == 0 else f"{stem}_{n}.png")
-        try:
-            if links:
-                try:
-                    os.link(tmp, final)
-                    return final
-                except FileExistsError:
-                    raise
-                except OSError:  # a filesystem without hard links
-                    links = False
-            os.close(os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-            os.replace(tmp, final)
-            return final
-        except FileExistsError:
-            continue
-    raise UserError(f"{folder}: too many files named {stem}_N.png")
+    """Give the finished file its name (NAME.png, NAME_1.png, ...) without ever replacing an existing file."""
+    final = publish_new(tmp, (folder / (f"{stem}.png" if n == 0 else f"{stem}_{n}.png") for n in range(10000)))
+    if final is None:
+        raise UserError(f"{folder}: too many files named {stem}_N.png")
+    return final
 
 
 def read_png_settings(path) -> tuple[GenerationSettings, dict]:

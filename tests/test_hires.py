@@ -96,9 +96,14 @@ def test_tile_control_upscale_in_tiles(tile_engine, picture, monkeypatch):
                                  init_image=str(picture), control_image=str(picture), control_mode="raw",
                                  upscale=1.5, strength=1.0)
     model = tile_engine.load("z_image_control_tiny_test")
+    from engine.images import io
+
+    loads, real = [], io.load_rgb
+    monkeypatch.setattr(io, "load_rgb", lambda path, what, *a, **k: loads.append(what) or real(path, what, *a, **k))
     blocks = model.control.blocks_run
     controlled = np.asarray(tile_engine.generate(s)[0].image, dtype=int)
     assert model.control.blocks_run - blocks == 4 * 2 * model.control.spec.blocks_per_pass  # 4 tiles x 2 steps
+    assert loads.count("control image") == 1  # read once for the request, not once per tile
     free = np.asarray(tile_engine.generate(dataclasses.replace(s, control_image=""))[0].image, dtype=int)
     assert controlled.shape == free.shape == (384, 384, 3)
     assert np.abs(controlled - free).max() > 10  # each tile follows its crop of the control picture
@@ -117,6 +122,27 @@ def test_control_inpaint_on_an_init_image(tile_engine, picture, tmp_path):
     original = np.asarray(Image.open(picture).convert("RGB"), dtype=int)
     assert np.array_equal(out[:, :128], original[:, :128])
     assert np.abs(out[:, 128:] - original[:, 128:]).max() > 10
+
+
+def test_control_on_an_init_image_is_encoded_once_per_request(tile_engine, picture, tmp_path, monkeypatch):
+    """The init pass pins kept latents itself: the control's inputs are encoded once (control map + masked
+    picture), not the picture's own latent too, and not again for each run of `count`."""
+    from models.z_image import vae
+
+    m = np.zeros((256, 256), np.uint8)
+    m[:, 128:] = 255
+    Image.fromarray(m).save(tmp_path / "half.png")
+    s = tile_engine.settings_for("z_image_control_tiny_test", prompt="x", seed=1, num_inference_steps=2,
+                                 init_image=str(picture), control_image=str(picture), control_mode="none",
+                                 mask=str(tmp_path / "half.png"), strength=1.0, mask_blur=0, count=2)
+    tile_engine.load("z_image_control_tiny_test")
+    encoded = []
+    real = vae.latent_dist
+    monkeypatch.setattr(vae, "latent_dist", lambda model, pix: encoded.append(pix.shape) or real(model, pix))
+    both = tile_engine.generate(s)
+    assert len(both) == 2 and len(encoded) == 2 + 2  # control map + masked picture once; the init once per run
+    second = tile_engine.generate(dataclasses.replace(s, seed=2, count=1))[0]
+    assert np.array_equal(np.asarray(both[1].image), np.asarray(second.image))  # the kept encoding is the same
 
 
 def test_tiled_vae_matches_untiled(engine, monkeypatch):

@@ -7,13 +7,13 @@ reserved by exclusive creation and the finished file renamed onto it.
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from pathlib import Path
 
 from engine.errors import SettingsError, UserError
 from engine.lora.library import SUFFIX
+from engine.publish import publish_new
 
 _NAME = re.compile(r"^[\w][\w .()+,=@-]{0,99}$")
 
@@ -44,16 +44,8 @@ def write_new(path, tensors: dict, metadata: dict) -> Path:
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial), metadata=metadata)
-        try:
-            os.link(partial, path)
-        except FileExistsError:
-            raise _taken(path) from None
-        except OSError:  # no hard links here (some network or FAT file systems): reserve the name, then rename
-            try:
-                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                raise _taken(path) from None
-            os.replace(partial, path)
+        if publish_new(partial, [path]) is None:
+            raise _taken(path)
     finally:
         partial.unlink(missing_ok=True)
     return path

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.publish import publish_new
 
 SUFFIX = ".safetensors"
 
@@ -64,21 +65,10 @@ def write_new(tensors: dict, folder: Path, stem: str, metadata: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = _partial(tensors, folder, metadata)
     try:
-        for n in range(1, 10000):
-            final = candidate(folder, stem, n)
-            try:
-                os.link(tmp, final)  # fails if the name is taken, even by a file made a moment ago
-                return final
-            except FileExistsError:
-                continue
-            except OSError:  # a filesystem without hard links: reserve the name, then move into it
-                try:
-                    os.close(os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                except FileExistsError:
-                    continue
-                os.replace(tmp, final)
-                return final
-        raise UserError(f"{folder}: too many files named {stem}_N{SUFFIX}")
+        final = publish_new(tmp, (candidate(folder, stem, n) for n in range(1, 10000)))
+        if final is None:
+            raise UserError(f"{folder}: too many files named {stem}_N{SUFFIX}")
+        return final
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -100,35 +100,41 @@ class FileLocator:
                 return path
         return self.comfyui_path(list(comfyui_names))
 
-    def target(self, ref: FileRef) -> Path:
-        """Where a hub file or folder lands (absolute, so messages say exactly where)."""
-        return (Path(self.checkpoints) / ref.path).resolve() if ref.is_hub else Path(ref.text).expanduser().resolve()
+    def target(self, ref: FileRef, folder: Path | None = None) -> Path:
+        """Where a hub file or folder lands (absolute, so messages say exactly where); `folder`: the one its hub
+        path goes under, when not the checkpoints folder."""
+        if not ref.is_hub:
+            return Path(ref.text).expanduser().resolve()
+        return (Path(folder or self.checkpoints) / ref.path).resolve()
 
     def is_offline(self) -> bool:
         return self.offline or os.environ.get("HF_HUB_OFFLINE") == "1"
 
-    def download(self, ref: FileRef, size: int | None = None, patterns: list[str] = (), progress=None) -> Path:
+    def download(self, ref: FileRef, size: int | None = None, patterns: list[str] = (), progress=None,
+                 folder: Path | None = None) -> Path:
         """Fetch a hub file (with a progress bar) or the listed files of a hub folder. `progress(done, total)`
         is called with the bytes received so far; an exception it raises (Stop) ends the download, leaving no
-        partial file under the final name. The hub is huggingface.co, or the one HF_ENDPOINT names."""
+        partial file under the final name. The hub is huggingface.co, or the one HF_ENDPOINT names. `folder`:
+        where the hub path lands, when not the checkpoints folder (another tool's layout)."""
         if not ref.is_hub:
             raise ModelFileError(ref.text, "file or folder not found")
-        target = self.target(ref)
+        target = self.target(ref, folder)
+        local = Path(folder or self.checkpoints)
         try:
             if self.is_offline():
                 raise OSError("offline mode (HF_HUB_OFFLINE=1)")
             from huggingface_hub import hf_hub_download, snapshot_download
 
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            local.mkdir(parents=True, exist_ok=True)
             hub = {"endpoint": os.environ["HF_ENDPOINT"]} if os.environ.get("HF_ENDPOINT") else {}
             if progress is not None:
                 hub["tqdm_class"] = _reporting_bar(progress)
             if ref.folder:
                 allow = [f"{ref.path}/{p}" for p in patterns] or [f"{ref.path}/*"]
-                snapshot_download(ref.repo, revision=ref.revision, allow_patterns=allow, local_dir=self.checkpoints,
+                snapshot_download(ref.repo, revision=ref.revision, allow_patterns=allow, local_dir=local,
                                   **{k: v for k, v in hub.items() if k != "tqdm_class"})
                 return target
-            return Path(hf_hub_download(ref.repo, ref.path, revision=ref.revision, local_dir=self.checkpoints, **hub))
+            return Path(hf_hub_download(ref.repo, ref.path, revision=ref.revision, local_dir=local, **hub))
         except (UserError, Interrupted):  # Interrupted: Stop, raised by `progress`
             raise
         except Exception as exc:
@@ -137,7 +143,7 @@ class FileLocator:
             raise DownloadError(
                 f"could not download the {what} {ref.path} from {ref.repo}{size_text}: {first_line(exc)}. "
                 f"Download it from {ref.text} yourself and put it at {target}, or point the model JSON or "
-                "--comfyui-models at your copy.") from None
+                "--comfyui-models at your copy.", first_line(exc)) from None
 
 
 def missing_line(ref: FileRef, size: int | None, target: Path) -> str:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from engine.sampling.windows import StepWindow
 from engine.settings import GenerationSettings
 from models.z_image.control_keys import REFINER_PLAIN, REFINER_REPEAT, ControlSpec
+from models.z_image.passes import keep_known, keep_mask
+from models.z_image.vae import encode_mode, pixels
 
 PATCH = "2-1"  # the transformer's patch size 2, frame patch 1
 
@@ -92,40 +92,33 @@ def pictures(settings: GenerationSettings, locator, device) -> ControlInputs:
 
 # ---- latents ---------------------------------------------------------------------------------------
 
-def _pixels(image, model) -> torch.Tensor:
-    """PIL RGB -> [1, 3, H, W] in [-1, 1] on the VAE's device and dtype."""
-    from models.z_image.vae import pixels
-
-    return pixels(image, model)
-
-
 @torch.no_grad()
-def encode(model, pixels: torch.Tensor) -> torch.Tensor:
-    """[1, 3, H, W] -> [1, 16, H/8, W/8]: the latent distribution's mode, shifted and scaled as the model sees it
-    (tiled for big pictures)."""
-    from models.z_image.vae import encode_mode
+def encode_inputs(model, inputs: ControlInputs, spec: ControlSpec, pin: bool = True) -> ControlInputs:
+    """Fill the latents: context = [control latent] (1.0) or [control latent, keep mask, masked-image latent]
+    (2.x), unless an earlier run of the same request encoded them already; with `pin` (inpaint from the
+    settings' own pictures) also `keep` and `known`, which only keep_known uses."""
+    if inputs.context is None:
+        inputs.context = _context(model, inputs, spec)
+    if pin and spec.inpaint and inputs.mask is not None and inputs.known is None:
+        picture = pixels(inputs.picture, model)
+        inputs.keep = keep_mask(inputs.mask, inputs.context.shape[-2:]).to(picture.device)
+        inputs.known = encode_mode(model, picture)
+    return inputs
 
-    return encode_mode(model, pixels)
 
-
-@torch.no_grad()
-def encode_inputs(model, inputs: ControlInputs, spec: ControlSpec) -> ControlInputs:
-    """Fill the latents: [control latent] (1.0) or [control latent, keep mask, masked-image latent] (2.x)."""
-    control = encode(model, _pixels(inputs.control_map, model))
+def _context(model, inputs: ControlInputs, spec: ControlSpec) -> torch.Tensor:
+    """[C_in, 1, h, w] in the model's dtype, as the transformer takes x."""
+    control = encode_mode(model, pixels(inputs.control_map, model))
     if not spec.inpaint:
         context = control
     elif inputs.mask is None:
         context = torch.cat([control, torch.zeros_like(control[:, :1]), torch.zeros_like(control)], dim=1)
     else:
-        pixels = _pixels(inputs.picture, model)
-        repaint = torch.from_numpy(np.asarray(inputs.mask, dtype=np.float32) / 255.0 >= 0.5)
-        repaint = repaint[None, None].to(pixels.device, pixels.dtype)
-        masked = encode(model, pixels * (repaint < 0.5))
-        keep = 1 - F.interpolate(repaint, size=control.shape[-2:], mode="nearest").float()
+        picture = pixels(inputs.picture, model)
+        masked = encode_mode(model, picture * keep_mask(inputs.mask, picture.shape[-2:]).to(picture))
+        keep = keep_mask(inputs.mask, control.shape[-2:]).to(control.device)
         context = torch.cat([control, keep, masked], dim=1)
-        inputs.keep, inputs.known = keep, encode(model, pixels)
-    inputs.context = context[0].unsqueeze(1).to(model.dtype)  # [C_in, 1, h, w], as the transformer takes x
-    return inputs
+    return context[0].unsqueeze(1).to(model.dtype)
 
 
 # ---- the control blocks inside the transformer pass ------------------------------------------------
@@ -258,17 +251,6 @@ def with_control(model_fn, hooks: ControlHooks, settings: GenerationSettings, si
     return fn
 
 
-def keep_known(model_fn, keep: torch.Tensor, known: torch.Tensor):
-    """Inpaint: where keep = 1 the flow points at the known latent, so those latents end exactly on it.
-
-    v = (x - x0) / sigma makes any flow sampler's denoised estimate x - sigma * v equal x0 there.
-    """
-    def fn(x, sigma, *rest):
-        v = model_fn(x, sigma, *rest)
-        return torch.lerp(v.float(), (x - known) / float(sigma), keep)
-    return fn
-
-
 def add_control(model, settings: GenerationSettings, sigmas: torch.Tensor, model_fn, inputs=None):
     """model_fn with the settings' control (and inpaint) composed in; unchanged without a control image.
     `inputs`: this pass's ControlInputs (an init image's canvas or tile; its inpaint keeps latents itself),
@@ -277,7 +259,7 @@ def add_control(model, settings: GenerationSettings, sigmas: torch.Tensor, model
     if control is None or not settings.control_image:
         return model_fn
     own = inputs is None
-    inputs = encode_inputs(model, inputs or pictures(settings, control.locator, model.device), control.spec)
+    inputs = encode_inputs(model, inputs or pictures(settings, control.locator, model.device), control.spec, pin=own)
     control.hooks.set_context(inputs.context)
     model_fn = with_control(model_fn, control.hooks, settings, sigmas)
     return keep_known(model_fn, inputs.keep, inputs.known) if own and inputs.keep is not None else model_fn

@@ -75,7 +75,10 @@ def prepare(model, settings: GenerationSettings, upscalers=None) -> Work:
                  for box in Tiling(TILE, OVERLAP).boxes(*picture.size)]
         canvas.notes.clear()  # the tiles are generated at full size: nothing scaled down
     regions = tiles or [canvas.region]
-    controls = [control_inputs(model, settings, canvas, r) for r in regions] if _controlled(model, settings) else []
+    controls = []
+    if _controlled(model, settings):
+        fitted = control_picture(settings, canvas)  # loaded and fitted once, whatever the number of tiles
+        controls = [control_inputs(model, settings, canvas, r, fitted) for r in regions]
     return Work(canvas, tiles, controls, list(canvas.notes))
 
 
@@ -83,17 +86,23 @@ def _controlled(model, settings) -> bool:
     return getattr(model, "control", None) is not None and bool(settings.control_image)
 
 
-def control_inputs(model, settings: GenerationSettings, canvas, region):
-    """The control inputs of one region: the control picture fitted to the canvas, cropped like the region;
-    its map; and for 2.x inpaint the init picture and mask of the region."""
+def control_picture(settings: GenerationSettings, canvas):
+    """The control picture fitted to the whole canvas (PIL RGB, canvas.size)."""
+    from engine.images.io import fit_image, load_rgb
+
+    fit = settings.control_fit if settings.control_fit != "image" else "crop"
+    return fit_image(load_rgb(settings.control_image, "control image"), *canvas.size, fit)
+
+
+def control_inputs(model, settings: GenerationSettings, canvas, region, fitted):
+    """The control inputs of one region: `fitted` (control_picture) cropped like the region; its map; and
+    for 2.x inpaint the init picture and mask of the region."""
     from PIL import Image
 
-    from engine.images.io import fit_image, load_rgb
     from engine.images.preprocess import control_map
     from models.z_image.control import ControlInputs
 
-    fit = settings.control_fit if settings.control_fit != "image" else "crop"
-    picture = region.crop(fit_image(load_rgb(settings.control_image, "control image"), *canvas.size, fit))
+    picture = region.crop(fitted)
     if settings.control_mode == "none":
         cmap = Image.new("RGB", region.size)
     else:

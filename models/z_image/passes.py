@@ -88,8 +88,6 @@ def init_latents(model, p: Pass, batch: int, generator) -> torch.Tensor:
 
 def denoise(cond: Conditioning, p: Pass, seed: int, generator, on_step=None) -> torch.Tensor:
     """The pass's final latents [B, 16, h, w]."""
-    from models.z_image.control import keep_known
-
     model, s, tools = cond.model, p.settings, cond.tools
     full = tools.schedule(s, model.device)
     sigmas = truncate(full, p.strength)
@@ -116,6 +114,17 @@ def at_size(settings: GenerationSettings, size, steps: int | None = None) -> Gen
     if steps:
         changes["num_inference_steps"] = int(steps)
     return dataclasses.replace(settings, **changes)
+
+
+def keep_known(model_fn, keep: torch.Tensor, known: torch.Tensor):
+    """Inpaint: where keep = 1 the flow points at the known latent, so those latents end exactly on it.
+
+    v = (x - x0) / sigma makes any flow sampler's denoised estimate x - sigma * v equal x0 there.
+    """
+    def fn(x, sigma, *rest):
+        v = model_fn(x, sigma, *rest)
+        return torch.lerp(v.float(), (x - known) / float(sigma), keep)
+    return fn
 
 
 def keep_mask(mask, latent_size) -> torch.Tensor:

@@ -10,13 +10,12 @@ i2L v2 (DiffSynth-Studio/ZImage-i2L-v2) ships Python code that its loader execut
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import DownloadError, ModelFileError, UserError
-from engine.weights.files import FileLocator, first_line, human_size
+from engine.weights.files import FileLocator, human_size, parse_ref
 from models.z_image.i2l.identify import DINOV3, HYPERNETWORK, SIGLIP2
 
 
@@ -101,23 +100,19 @@ def status(locator: FileLocator, given: dict | None = None) -> list[PartStatus]:
     return out
 
 
-def fetch(item: PartStatus, locator: FileLocator) -> Path:
-    """The part's file, downloaded into CHECKPOINTS/DiffSynth-Studio/<repo>/<path> (resumable, with a progress
-    bar) if missing; DownloadError saying where to put a copy otherwise."""
+def fetch(item: PartStatus, locator: FileLocator, progress=None) -> Path:
+    """The part's file, downloaded into CHECKPOINTS/DiffSynth-Studio/<repo>/<path> (resumable) if missing, through
+    FileLocator.download: `progress(done, total)` gets the bytes received and may raise to stop (Stop), leaving
+    no partial file under the final name. DownloadError saying where to put a copy when it cannot be fetched."""
     if item.path is not None:
         return item.path
     part = item.part
     folder = Path(locator.checkpoints) / part.repo
     try:
-        if locator.offline or os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise OSError("offline mode (HF_HUB_OFFLINE=1)")
-        from huggingface_hub import hf_hub_download
-
-        folder.mkdir(parents=True, exist_ok=True)
-        return Path(hf_hub_download(part.repo, part.path, local_dir=folder))
-    except Exception as exc:
+        return locator.download(parse_ref(part.url), part.size, progress=progress, folder=folder)
+    except DownloadError as exc:
         raise DownloadError(
-            f"could not download the {part.label} ({human_size(part.size)}) from {part.repo}: {first_line(exc)}. "
+            f"could not download the {part.label} ({human_size(part.size)}) from {part.repo}: {exc.reason}. "
             f"Download {part.url} yourself and put it at {folder / part.path}, or at "
             f"<ComfyUI>/models/{part.comfyui} (with --comfyui-models), or name your copy with {part.flag} FILE"
         ) from None

@@ -283,6 +283,16 @@ def _out_of_memory(role: str, mode: str, device):
                         "choose memory mode 'int8' (half the RAM) or close other programs") from None
 
 
+def _fetch(item, locator, report) -> Path:
+    """A part's file, downloaded if missing with its bytes reported (`report` may raise to stop the download)."""
+    if item.path is not None:
+        return item.path
+    part = item.part
+    what = f"downloading the {part.label} ({part.size / 1e9:.1f} GB)"
+    report(0, part.size, what)
+    return FILES.fetch(item, locator, lambda done, size: report(done, size or part.size, what))
+
+
 def make_lora(request: I2LRequest, locator, device, report=None) -> I2LResult:
     """Run a prepared request: download what is missing, then SigLIP2, DINOv3 and the hypernetwork one after
     the other; write the LoRA. `report(done, total, what)` is called along the way (it may raise to stop)."""
@@ -296,9 +306,7 @@ def make_lora(request: I2LRequest, locator, device, report=None) -> I2LResult:
     report = report or (lambda done, total, what: None)
     paths = {}
     for item in FILES.status(locator, given):
-        if item.path is None:
-            report(0, 1, f"downloading the {item.part.label} ({item.part.size / 1e9:.1f} GB)")
-        paths[item.part.role] = FILES.fetch(item, locator)
+        paths[item.part.role] = _fetch(item, locator, report)
     parts = check_files(paths)
     layers = [sum(2 * c for _, c in part.config.blocks) if role == HYPERNETWORK else part.config.num_hidden_layers
               for role, part in parts.items()]
