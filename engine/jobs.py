@@ -26,6 +26,13 @@ FINISHED = (DONE, FAILED, CANCELLED)
 
 
 @dataclass
+class QueuedEvent:
+    """The job still waits for the GPU, `ahead` jobs before it (sent by JobQueue.run when asked to poll)."""
+
+    ahead: int
+
+
+@dataclass
 class StepEvent:
     run: int  # 0-based run (batch) index
     step: int  # 0-based step within the run
@@ -205,11 +212,15 @@ class JobQueue:
             self._wakeup.notify_all()
         return job
 
-    def run(self, work: Callable[[JobContext], Any], owner: str = "", kind: str = "generate"):
-        """Submit and wait: yields the job's events, then its result; re-raises its error. If the caller
-        stops listening (a closed page), the job is cancelled."""
+    def run(self, work: Callable[[JobContext], Any], owner: str = "", kind: str = "generate",
+            poll: float | None = None):
+        """Submit and wait: yields the job's events, then its result; re-raises its error. With `poll`
+        (seconds), a QueuedEvent every `poll` seconds while the job waits for the GPU. If the caller stops
+        listening (a closed page), the job is cancelled."""
         job = self.submit(work, owner, kind)
         try:
+            while poll and job.state == QUEUED and not job.begun.wait(poll):
+                yield QueuedEvent(self.position(job))
             yield from job.events()
             yield job.outcome()
         finally:

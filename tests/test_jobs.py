@@ -7,7 +7,17 @@ import time
 import pytest
 
 from engine.errors import Busy, Interrupted, ShuttingDown
-from engine.jobs import CANCELLED, DONE, FAILED, Job, JobQueue, Retry, StepEvent, pick
+from engine.jobs import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    Job,
+    JobQueue,
+    QueuedEvent,
+    Retry,
+    StepEvent,
+    pick,
+)
 
 WAIT = 30  # seconds: generous bounds, never reached when things work
 
@@ -181,6 +191,20 @@ def test_jobs_run_one_at_a_time_in_order_with_positions():
     assert [j.outcome() for j in (a, b, c)] == ["a", "b", "c"]
     assert log == ["a start", "a end", "b start", "b end", "c start", "c end"]
     assert jobs.position(a) == -1
+
+
+def test_a_waiting_caller_asked_to_poll_hears_its_place_in_line_then_its_events():
+    jobs, log, gate = JobQueue(), [], threading.Event()
+    first = jobs.submit(blocking(gate, log, "first"), owner="ann")
+    wait_running(jobs)
+    stream = jobs.run(lambda ctx: (ctx.on_step(0, 0, 1, None), "mine")[1], owner="bob", poll=0.01)
+    assert next(stream) == QueuedEvent(ahead=1)  # the running job is ahead of it
+    gate.set()
+    rest = list(stream)
+    assert all(isinstance(e, QueuedEvent) for e in rest[:-2]) and isinstance(rest[-2], StepEvent)
+    assert rest[-1] == "mine" and first.outcome() == "first"
+    free = list(jobs.run(lambda ctx: "free", owner="bob", poll=0.01))  # nothing ahead: at most "0 ahead"
+    assert free[-1] == "free" and all(e == QueuedEvent(ahead=0) for e in free[:-1])
 
 
 def test_only_the_owner_cancels_and_stop_ends_queued_and_running_jobs():

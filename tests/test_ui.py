@@ -179,6 +179,27 @@ def values_for(app, model_type, **changes):
     return {spec.name: getattr(s, spec.name) for spec in FIELDS}
 
 
+def test_a_generate_behind_another_job_shows_its_place_in_line_then_runs(engine, tmp_path, monkeypatch):
+    import threading
+
+    import app.web.handlers as page_module
+
+    monkeypatch.setattr(page_module, "QUEUE_POLL", 0.01)
+    app = AppUI(engine, tmp_path / "out")
+    gate = threading.Event()
+    ahead = app.jobs.submit(lambda ctx: gate.wait(30), owner="someone else")
+    frames = app.generate("z_image_tiny_test", values_for(app, "z_image_tiny_test", prompt="a cat", seed=1,
+                                                           num_inference_steps=1), request=FakeRequest())
+    seen = []
+    for frame in frames:
+        seen.append(frame)
+        if "Queued" in str(frame.get("info")):
+            gate.set()  # the other job ends: this one runs
+    queued = next(f for f in seen if "Queued" in str(f.get("info")))
+    assert "1 job ahead of yours" in queued["info"] and queued["generate"]["value"] == "Queued"
+    assert ahead.outcome() is True and len(gallery(seen[-1])) == 1
+
+
 def test_generate_streams_progress_and_previews(engine, tmp_path, monkeypatch):
     import app.web.handlers as page_module
 

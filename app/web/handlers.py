@@ -29,9 +29,9 @@ from app.web.reuse import command_line, png_link
 from app.web.updates import merged
 from engine.errors import Interrupted, SettingsError, UserError
 from engine.jobs import (
-    QUEUED,
     NoteEvent,
     ProgressEvent,
+    QueuedEvent,
     StageEvent,
     StepEvent,
     TokenEvent,
@@ -417,27 +417,14 @@ class AppUI:
         ctx.stage("saving")
         return self.engine.save(results, self.output_dir), results
 
-    def watch(self, work, owner, kind="generate", clock=None):
-        """Submit a job and follow it: ("queued", jobs ahead) while it waits, then its events, then its result
-        (its error re-raised). A caller that stops listening (a closed page) cancels it."""
-        job = self.jobs.submit(work, owner, kind)
-        try:
-            while job.state == QUEUED and not job.begun.wait(QUEUE_POLL if clock else None):
-                yield ("queued", self.jobs.position(job))
-            yield from job.events()
-            yield job.outcome()
-        finally:
-            if not job.done.is_set():
-                self.jobs.cancel(job.id, owner)
-
     def _run(self, req, request, clock, history, notes):
         settings = req.settings
         total = settings.num_inference_steps * settings.count
         last_preview = last_progress = time.perf_counter()
-        for event in self.watch(lambda ctx: self._job(req, ctx), owner_of(request), clock=clock):
+        for event in self.jobs.run(lambda ctx: self._job(req, ctx), owner_of(request), poll=QUEUE_POLL):
             now = time.perf_counter()
-            if isinstance(event, tuple) and event and event[0] == "queued":
-                yield {"info": status.queued(event[1], clock), "generate": gr.update(value="Queued")}
+            if isinstance(event, QueuedEvent):
+                yield {"info": status.queued(event.ahead, clock), "generate": gr.update(value="Queued")}
             elif isinstance(event, NoteEvent):
                 gr.Warning(event.message)
                 notes.append(event.message)
@@ -518,10 +505,10 @@ class AppUI:
                     if kind else self.engine.options
                 yield {**busy, "download_status": status.running("Starting the download", clock)}
                 last = 0.0
-                for event in self.watch(lambda ctx: self.engine.download(model_type, options), owner_of(request),
-                                        "download", clock):
-                    if isinstance(event, tuple) and event and event[0] == "queued":
-                        yield {"download_status": status.queued(event[1], clock)}
+                for event in self.jobs.run(lambda ctx: self.engine.download(model_type, options), owner_of(request),
+                                           "download", poll=QUEUE_POLL):
+                    if isinstance(event, QueuedEvent):
+                        yield {"download_status": status.queued(event.ahead, clock)}
                     elif isinstance(event, ProgressEvent) and (time.perf_counter() - last >= PROGRESS_INTERVAL
                                                                or event.done >= event.total):
                         last = time.perf_counter()
