@@ -99,3 +99,23 @@ def test_bad_input_is_a_readable_error(ui, inputs):
         list(ui.start(values(ui, data, adapter, train_lr="fast"), Request()))
     with pytest.raises(gr.Error, match="nothing-here: no such folder"):
         list(ui.start(values(ui, data, adapter, train_images=str(data.parent / "nothing-here")), Request()))
+
+
+def test_a_run_waiting_for_the_gpu_says_where_it_stands(ui, inputs, monkeypatch):
+    """Training behind another job (a generation) shows its place in line, then runs."""
+    import threading
+
+    import app.web.train_handlers as train_module
+
+    data, adapter = inputs
+    gate = threading.Event()
+    ahead = ui.jobs.submit(lambda ctx: gate.wait(30), owner="someone else")
+    monkeypatch.setattr(train_module, "QUEUE_POLL", 0.01)
+    frames = []
+    for frame in ui.start(values(ui, data, adapter), Request()):
+        frames.append(frame)
+        if "Queued" in frame.get("train_info", ""):
+            gate.set()  # the other job ends: training starts
+    assert any(f.get("train_info", "").startswith("Queued: 1 job ahead of yours") for f in frames)
+    assert ahead.outcome() is True and frames[-1]["train_result"] == "ui.safetensors"
+

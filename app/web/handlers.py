@@ -369,8 +369,11 @@ class AppUI:
             req = self.request(model_type, values)
             result = None
             for event in self.jobs.run(lambda ctx: self.engine.enhance(req, ctx.on_token), owner_of(request),
-                                       "enhance"):
-                if isinstance(event, TokenEvent):
+                                       "enhance", poll=QUEUE_POLL):
+                if isinstance(event, QueuedEvent):
+                    if progress is not None:
+                        progress(None, desc=status.queued_text(event.ahead))
+                elif isinstance(event, TokenEvent):
                     if progress is not None:
                         progress(None, desc=f"Enhancing: {event.tokens} tokens, {event.per_second:.1f} tokens/s")
                 elif not isinstance(event, (StageEvent, ProgressEvent, NoteEvent)):

@@ -8,10 +8,11 @@ import dataclasses
 
 import gradio as gr
 
+from app.web import status
 from app.web.fields import FIELDS
-from app.web.handlers import owner_of, reported
+from app.web.handlers import QUEUE_POLL, owner_of, reported
 from engine.errors import UserError
-from engine.jobs import NoteEvent, ProgressEvent, StageEvent
+from engine.jobs import NoteEvent, ProgressEvent, QueuedEvent, StageEvent
 
 GPU = dict(concurrency_id="gpu", concurrency_limit=1)  # the page's GPU group: one GPU event at a time
 PRIVATE = dict(api_visibility="private")
@@ -46,8 +47,10 @@ class ImageToLoraUI:
             progress(0, desc="Starting (missing files are downloaded first)")
             result = None
             for event in self.app.jobs.run(lambda ctx: self.engine.image_to_lora(req, ctx.progress, model_type),
-                                           owner_of(request), "image-to-lora"):
-                if isinstance(event, ProgressEvent):
+                                           owner_of(request), "image-to-lora", poll=QUEUE_POLL):
+                if isinstance(event, QueuedEvent):
+                    progress(None, desc=status.queued_text(event.ahead))
+                elif isinstance(event, ProgressEvent):
                     progress((event.done, event.total), desc=event.what)
                 elif isinstance(event, NoteEvent):
                     gr.Warning(event.message)
@@ -113,7 +116,7 @@ def i2l_panel(app, page) -> None:
             memory = page.add("i2l_memory", gr.Dropdown(MEMORY_CHOICES, value="auto", label="GPU memory"))
         both = page.add("i2l_both", gr.Checkbox(False, label="Apply to both CFG branches (not recommended)"))
         make = gr.Button("Make LoRA", variant="primary", elem_id="i2l-make")
-        status = page.add("i2l_status", gr.Markdown(elem_id="i2l-status"))
+        status_box = page.add("i2l_status", gr.Markdown(elem_id="i2l-status"))
 
     model, pick = page["model_type"], page["lora_pick"]
 
@@ -121,8 +124,8 @@ def i2l_panel(app, page) -> None:
             progress=gr.Progress(track_tqdm=True)):
         return page.outputs(ui.make(model_type, files, lora_name, mode, both_branches, request, progress))
 
-    make.click(make_lora, [model, pictures, name, memory, both], [status, pick], show_progress_on=status, **GPU,
-               **PRIVATE)
+    make.click(make_lora, [model, pictures, name, memory, both], [status_box, pick], show_progress_on=status_box,
+               **GPU, **PRIVATE)
     pick.change(**page.wire(ui.on_pick, ["i2l_offer"]), inputs=[model, pick], **PRIVATE)
     names = ["model_type", "about", *[spec.name for spec in FIELDS], "lora_panel", "control_panel", "size_panel",
              "size_preset", "first_run", "first_run_text", "download_kind", "i2l_offer"]

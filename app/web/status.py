@@ -73,9 +73,14 @@ def running(stage: str, clock: Clock, done: float | None = None, total: float | 
     return '<div class="zi-status zi-running">' + "".join(parts) + "</div>"
 
 
-def queued(ahead: int, clock: Clock) -> str:
+def queued_text(ahead: int) -> str:
+    """Where a waiting job stands, in words (every action that waits for the GPU says it the same way)."""
     what = "the next job" if ahead <= 0 else f"{ahead} job{'s' if ahead != 1 else ''} ahead of yours"
-    return running(f"Queued: {what}", clock)
+    return f"Queued: {what}"
+
+
+def queued(ahead: int, clock: Clock) -> str:
+    return running(queued_text(ahead), clock)
 
 
 def download_stage(what: str, done: int, total: int, overall: tuple[int, int] | None) -> str:

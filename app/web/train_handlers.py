@@ -13,9 +13,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from app.web.handlers import owner_of, reported
+from app.web import status
+from app.web.handlers import QUEUE_POLL, owner_of, reported
 from engine.errors import Interrupted, UserError
-from engine.jobs import NoteEvent, StageEvent
+from engine.jobs import NoteEvent, QueuedEvent, StageEvent
 from engine.training.events import clock
 
 FRAME_INTERVAL = 0.25  # seconds between page updates at most while training
@@ -108,7 +109,7 @@ class TrainUI:
             yield {"train_info": f"Starting **{s.name}** ...", "train_result": "", "train_use": gr.update(visible=False)}
             try:
                 for event in self.jobs.run(lambda ctx: self.engine.train_lora(s, ctx, options), owner_of(request),
-                                           "train"):
+                                           "train", poll=QUEUE_POLL):
                     frame = view.frame(event)
                     if frame:
                         yield frame
@@ -151,6 +152,8 @@ class _View:
             urgent = event.step == event.total
         elif isinstance(event, StageEvent):
             self.line, urgent = f"{event.name[:1].upper()}{event.name[1:]} ...", True
+        elif isinstance(event, QueuedEvent):
+            self.line, urgent = status.queued_text(event.ahead), True
         elif isinstance(event, NoteEvent):
             gr.Info(event.message)
             self.notes.append(event.message)
