@@ -70,11 +70,7 @@ def test_two_loads_at_once_on_a_cold_engine_then_generation_works(tiny_model_jso
         except Exception as exc:  # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=load_directly, args=(t,)) for t in types]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    at_once(load_directly, types)
     assert not errors, errors
     for model in models.values():
         assert not any(p.is_meta for p in model.transformer.parameters())
@@ -89,11 +85,7 @@ def test_two_loads_at_once_on_a_cold_engine_then_generation_works(tiny_model_jso
         except Exception as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=load_through_engine, args=(t,)) for t in types]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    at_once(load_through_engine, types)
     assert not errors, errors
     settings = engine.settings_for("z_image_tiny_test", prompt="after two loads", seed=3, num_inference_steps=2)
     *_, (result,) = engine.jobs.run(lambda ctx: engine.generate(engine.prepare(settings), ctx.on_step), "t")
@@ -346,3 +338,13 @@ def test_unwritable_output_fails_before_any_work(tiny_model_json, tmp_path, monk
     code = main([command, "--model-def", str(tiny_model_json[0]), "--model-def", str(control_json), *extra,
                  "--prompt", "x", "--output", str(tmp_path / "a_file" / "out")])
     assert code == 1 and "is not a folder this app can write to" in capsys.readouterr().err
+
+
+def at_once(fn, items) -> None:
+    """fn(item) for every item, each in its own thread, all started before any is waited for."""
+    threads = [threading.Thread(target=fn, args=(item,)) for item in items]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+
